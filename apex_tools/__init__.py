@@ -1,0 +1,3 @@
+"""apex-tools: deploy a containerized TripleO overcloud as idempotent Invoke targets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,264 @@
+"""Effective configuration: defaults, config files, ``APEX_*`` variables and flags, with provenance.
+
+The layering is done here rather than by Invoke's own ``Config`` so that ``invoke deploy``
+(Invoke's program, ``INVOKE_`` prefix) and ``apex deploy`` (our program) see exactly the
+same values: Invoke only contributes the files it loaded (``-f FILE``, ``/etc/apex.yaml``,
+``~/.apex.yaml``, ``./apex.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from invoke.config import Config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import SettingsError
+from .resources import data_path
+
+ENV_PREFIX = "APEX_"
+
+# Every default in one place. Top-level sections, not an ``apex:`` wrapper, so that the
+# environment variable for ``registry.address`` is ``APEX_REGISTRY_ADDRESS``. No value is a
+# list or None: Invoke cannot cast those from the environment.
+DEFAULTS: dict[str, Any] = {
+    # A bundled scenario name (config/deploy/<name>.yaml) or a path to a file.
+    "deploy_settings": "os-nosdn-nofeature-noha",
+    "network_settings": "network_settings",
+    "patches_file": "common-patches",
+    "work_dir": "/var/lib/apex-tools",
+    "image_dir": "/var/cache/apex-tools/images",
+    "upstream": {
+        "images_url": "https://images.rdoproject.org/{os_version}/rdo_trunk/current-tripleo/",
+        "registry": "docker.io",
+        "namespace": "tripleo{os_version}",
+        "name_prefix": "centos-binary-",
+        "tag": "current-tripleo",
+        "insecure": False,
+    },
+    "gerrit": {"url": "https://review.opendev.org"},
+    # An empty address means "<admin installer_vm.ip>:8787" from the network settings.
+    # The undercloud registry of TripleO speaks plain HTTP, hence insecure by default.
+    "registry": {"address": "", "insecure": True},
+    "builder": "docker",
+    "jobs": 4,
+    # Use cached artifacts only and never ask upstream (offline runs).
+    "no_fetch": False,
+    # Seconds a run waits for another run holding the same work dir; 0 fails at once.
+    "lock_timeout": 0,
+}
+
+BUILDERS = ("docker", "buildah")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamOptions(_Strict):
+    images_url: str
+    registry: str
+    namespace: str
+    name_prefix: str
+    tag: str
+    insecure: bool
+
+
+class GerritOptions(_Strict):
+    url: str
+
+
+class RegistryOptions(_Strict):
+    address: str
+    insecure: bool
+
+
+class Options(_Strict):
+    """The validated, typed effective configuration."""
+
+    deploy_settings: str
+    network_settings: str
+    patches_file: str
+    work_dir: Path
+    image_dir: Path
+    upstream: UpstreamOptions
+    gerrit: GerritOptions
+    registry: RegistryOptions
+    builder: Literal["docker", "buildah"]
+    jobs: int = Field(ge=1, le=64)
+    no_fetch: bool
+    lock_timeout: float = Field(ge=0)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of values: its name for humans and its (nested) data."""
+
+    source: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """Options plus, for every dotted key, the layer its value came from."""
+
+    options: Options
+    sources: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+KNOWN_KEYS = tuple(flatten(DEFAULTS))
+_SECTIONS = {k.split(".")[0] for k in KNOWN_KEYS if "." in k}
+# Top-level keys that belong to Invoke itself and may appear in the same config file.
+_INVOKE_KEYS = frozenset(Config.global_defaults())
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a dotted key: ``registry.address`` → ``APEX_REGISTRY_ADDRESS``."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def _cast(key: str, raw: str, source: str) -> Any:
+    default = dict(zip(KNOWN_KEYS, flatten(DEFAULTS).values()))[key]
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(
+            f"{source}: {key}: {raw!r} is not a boolean",
+            "use one of 1/true/yes/on or 0/false/no/off",
+        )
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(raw)
+        except ValueError:
+            raise SettingsError(
+                f"{source}: {key}: {raw!r} is not a number", f"give {key} as a {type(default).__name__}"
+            ) from None
+    return raw
+
+
+def env_layer(environ: Mapping[str, str]) -> Layer:
+    """The ``APEX_*`` variables that name a known key, cast to the default's type."""
+    values: dict[str, Any] = {}
+    for key in KNOWN_KEYS:
+        name = env_name(key)
+        if name in environ:
+            values[key] = _cast(key, environ[name], f"environment {name}")
+    return Layer("environment", _nest(values))
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def invoke_file_layers(config: Config) -> list[Layer]:
+    """The config files Invoke loaded (system, user, project, ``-f`` runtime), lowest first."""
+    layers = []
+    for level in ("system", "user", "project", "runtime"):
+        data = getattr(config, f"_{level}", None) or {}
+        path = getattr(config, f"_{level}_path", None)
+        if data:
+            layers.append(Layer(f"{level} file {path}" if path else f"{level} file", data))
+    return layers
+
+
+def _unknown_keys(layer: Layer) -> list[str]:
+    problems = []
+    for key, value in layer.data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                problems.append(f"{layer.source}: {key}: {value!r} is not a mapping")
+                continue
+            for sub in value:
+                if f"{key}.{sub}" not in KNOWN_KEYS:
+                    allowed = ", ".join(k for k in KNOWN_KEYS if k.startswith(key + "."))
+                    problems.append(f"{layer.source}: {key}.{sub}: unknown key (allowed: {allowed})")
+        elif key not in KNOWN_KEYS and key not in _INVOKE_KEYS:
+            allowed = ", ".join(sorted({k.split('.')[0] for k in KNOWN_KEYS}))
+            problems.append(f"{layer.source}: {key}: unknown key (allowed: {allowed})")
+    return problems
+
+
+def resolve(layers: Iterable[Layer]) -> EffectiveConfig:
+    """Merge ``layers`` (lowest precedence first) over the defaults and validate the result."""
+    values = flatten(DEFAULTS)
+    sources = dict.fromkeys(values, "default")
+    problems: list[str] = []
+    for layer in layers:
+        problems += _unknown_keys(layer)
+        for key, value in flatten(layer.data).items():
+            if key in values:
+                values[key] = value
+                sources[key] = layer.source
+    try:
+        options = Options.model_validate(_nest(values))
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{sources.get(key, 'default')}: {key}: {values.get(key)!r}: {err['msg']}")
+    if problems:
+        raise SettingsError(
+            "invalid configuration:\n  " + "\n  ".join(problems),
+            "fix the values named above; `apex config` shows every key and where it came from",
+        )
+    return EffectiveConfig(options=options, sources=sources, values=values)
+
+
+def effective_config(
+    config: Config, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None
+) -> EffectiveConfig:
+    """Defaults, then Invoke's config files, then ``APEX_*`` variables, then task flags."""
+    layers = invoke_file_layers(config) + [env_layer(environ)]
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    if given:
+        layers.append(Layer("flag", _nest(given)))
+    return resolve(layers)
+
+
+def global_defaults() -> dict[str, Any]:
+    """Invoke's defaults with ours merged in (for the branded program's ``Config``)."""
+    merged = Config.global_defaults()
+    merged.update(copy.deepcopy(DEFAULTS))
+    return merged
+
+
+def settings_path(value: str, kind: str) -> Path:
+    """A settings value as a file: a path as given, or a bundled file by name (``config/<kind>/``)."""
+    path = Path(value).expanduser()
+    if path.suffix in (".yaml", ".yml") or "/" in value or path.exists():
+        return path
+    bundled = data_path("config", kind, value + ".yaml") if kind else data_path("config", value + ".yaml")
+    if bundled.is_file():
+        return bundled
+    folder = data_path("config", kind) if kind else data_path("config")
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise SettingsError(
+        f"{value!r} is neither a file nor a bundled {kind or 'config'} file",
+        f"give a path, or one of: {', '.join(names)}",
+    )

@@ -1,0 +1,49 @@
+"""The ``apex`` command: Invoke's ``Program`` over the apex-tools collection."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from invoke import Config, Program
+
+from . import __version__
+from .config import global_defaults
+
+
+class ApexConfig(Config):
+    """Files ``/etc/apex.yaml``, ``~/.apex.yaml``, ``./apex.yaml``; env prefix ``APEX_``."""
+
+    prefix = "apex"
+
+    @staticmethod
+    def global_defaults() -> dict[str, Any]:
+        return global_defaults()
+
+
+class ApexProgram(Program):
+    """Always loads the bundled collection, and the project file ``./apex.yaml`` from the cwd."""
+
+    def load_collection(self) -> None:
+        from .tasks import ns
+
+        # Invoke's bundled-namespace mode loads no project file (its own TODO) and hides
+        # --list, so the collection is "loaded" here instead, with the cwd as the project.
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project()
+        self.collection = ns
+
+    def update_config(self, merge: bool = True) -> None:
+        # Invoke only reads INVOKE_RUNTIME_CONFIG; honour our prefix as well.
+        if self.args.config.value is None and os.environ.get("APEX_RUNTIME_CONFIG"):
+            self.args.config.value = os.environ["APEX_RUNTIME_CONFIG"]
+        super().update_config(merge)
+
+
+program = ApexProgram(
+    name="apex-tools",
+    binary="apex",
+    binary_names=["apex"],
+    config_class=ApexConfig,
+    version=__version__,
+)

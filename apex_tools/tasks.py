@@ -1,0 +1,180 @@
+"""apex-tools targets: deploy a containerized TripleO overcloud step by step, idempotently.
+
+Each target can run on its own; `deploy` runs them all in order. The same collection is
+`invoke <target>` (from the checkout's tasks.py), `apex <target>` and
+`docker run apex-tools <target>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from .config import KNOWN_KEYS, effective_config, env_name
+from .console import Output
+from .errors import ApexError
+from .run import RunContext, Status, TargetResult
+from .state import work_dir_lock
+from .targets import FLOW, registry
+
+COMMON_HELP = {
+    "force": "Redo the target even when its inputs have not changed.",
+    "dry_run": "Print the plan (what would change and why) and touch nothing.",
+    "verbose": "Log debug details to the terminal (the log file always has them).",
+    "quiet": "Only warnings, errors and the summary.",
+    "json": "Print the summary as JSON instead of a table.",
+}
+
+
+def _help(**extra: str) -> dict[str, str]:
+    return {**COMMON_HELP, **extra}
+
+
+def run_targets(
+    c: Context,
+    names: Sequence[str],
+    *,
+    force: bool,
+    dry_run: bool,
+    verbose: bool,
+    quiet: bool,
+    json: bool = False,
+    flags: dict[str, Any] | None = None,
+) -> list[TargetResult]:
+    """Run ``names`` in order under the work-dir lock, stop at the first failure, print the summary."""
+    try:
+        options = effective_config(c.config, os.environ, flags).options
+        run = RunContext(options, force=force, dry_run=dry_run)
+        # Every target reads these: a bad file stops the run before anything is touched.
+        run.deploy_settings, run.network_settings, run.patches
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=2) from None
+    # A dry run touches nothing, not even the log file or the lock.
+    out = Output(verbose, quiet, None if dry_run else options.work_dir / "apex.log")
+    run.progress = out.progress
+    targets = registry()
+    results: list[TargetResult] = []
+    error: ApexError | None = None
+    lock = contextlib.nullcontext() if dry_run else work_dir_lock(options.work_dir, options.lock_timeout)
+    try:
+        with lock:
+            for name in names:
+                started = time.monotonic()
+                try:
+                    result = targets[name](run)
+                except ApexError as exc:
+                    result, error = TargetResult(name, Status.FAILED, [exc.message.splitlines()[0]]), exc
+                result.seconds = time.monotonic() - started
+                results.append(result)
+                out.log.info("%s: %s", name, result.status.value)
+                if result.failed:
+                    break
+    except ApexError as exc:  # the lock, before any target ran
+        error = exc
+    if results:
+        out.summary(results, as_json=json)
+    if error is not None:
+        out.log.debug("failure detail", exc_info=error)
+        raise Exit(f"apex: {error}", code=1)
+    if any(r.failed for r in results):
+        raise Exit("apex: a target failed (see the summary above)", code=1)
+    return results
+
+
+@task(help=_help(no_fetch="Use the cached images only; never contact upstream."))
+def fetch_images(
+    c: Context,
+    force: bool = False,
+    no_fetch: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+    quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Download the upstream RDO images when upstream changed, cached per OpenStack version."""
+    run_targets(c, ["fetch-images"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                flags={"no_fetch": no_fetch or None})
+
+
+@task(help=_help())
+def undercloud(
+    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Create, start and configure the undercloud."""
+    run_targets(c, ["undercloud"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+
+
+@task(help=_help())
+def patch_containers(
+    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Sort overcloud patches; write a Dockerfile per image to rebuild and the patches archive."""
+    run_targets(c, ["patch-containers"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+
+
+@task(help=_help())
+def ceph_loop(
+    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Customize the overcloud image (Ceph loop device, disk-image patches); write the storage env."""
+    run_targets(c, ["ceph-loop"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+
+
+@task(help=_help())
+def push_registry(
+    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Mirror the deployment's images to the local registry, rebuild patched ones as :apex."""
+    run_targets(c, ["push-registry"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+
+
+@task(help=_help(
+    force="Redo every target of the chain, not only the out-of-date ones.",
+    dry_run="Print the whole chain's plan and touch nothing.",
+    no_fetch="Use the cached images only; never contact upstream.",
+))
+def deploy(
+    c: Context,
+    force: bool = False,
+    no_fetch: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+    quiet: bool = False,
+    json: bool = False,
+) -> None:
+    """Run every target in order (each at most once), then deploy the overcloud."""
+    run_targets(c, [*FLOW, "deploy"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                flags={"no_fetch": no_fetch or None})
+
+
+@task(name="config", help={"key": "Show only this dotted key (e.g. registry.address)."})
+def show_config(c: Context, key: str = "") -> None:
+    """Print the effective configuration and where each value came from."""
+    try:
+        effective = effective_config(c.config, os.environ)
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=2) from None
+    keys = [key] if key else list(KNOWN_KEYS)
+    if key and key not in KNOWN_KEYS:
+        raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=2)
+    width = max(len(k) for k in keys)
+    for name in keys:
+        value = effective.values[name]
+        print(f"{name:<{width}}  {value!s:<40}  # {effective.sources[name]}  (env {env_name(name)})")
+
+
+ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config)
+# Long flags only: automatic short flags differ from task to task and clash with core ones.
+ns.configure({"tasks": {"auto_dash_names": True}})
+for _task in ns.tasks.values():
+    _task.auto_shortflags = False
