@@ -85,10 +85,10 @@ class DeployOptions(_Strict):
     sriov: Literal[False] | str = False
     performance: dict[str, Any] | None = None
 
-    @field_validator("sriov")
+    @field_validator("sriov", mode="before")
     @classmethod
     def _sriov(cls, value: Any) -> Any:
-        if value is True or value == "":
+        if value is True or value == "" or not isinstance(value, (bool, str)):
             raise ValueError("sriov takes a NIC name such as 'em2', or false")
         return value
 

@@ -1,0 +1,106 @@
+"""The collection through both programs: `apex` (ours) and `invoke` (from the checkout)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from apex_tools.errors import NotBuiltError
+from apex_tools.config import effective_config
+from apex_tools.run import RunContext, Status
+from apex_tools.targets import ALL, not_built
+from apex_tools.tasks import ns
+from invoke import Config
+
+from conftest import REPO
+
+TARGETS = ["fetch-images", "undercloud", "patch-containers", "ceph-loop", "push-registry", "deploy"]
+PROGRAMS = {"apex": [sys.executable, "-m", "apex_tools"], "invoke": [sys.executable, "-m", "invoke"]}
+
+
+def cli(program: str, *args: str, env: dict[str, str] | None = None, cwd=REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PROGRAMS[program], *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_list_shows_the_six_targets_with_help(program):
+    result = cli(program, "--list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for target in TARGETS:
+        line = next((l for l in lines if l.split() and l.split()[0] == target), None)
+        assert line is not None and len(line.split()) > 1, f"{target} missing or without help:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("task", sorted(ns.task_names))
+def test_every_task_has_help_for_every_flag(task):
+    result = cli("apex", task, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: apex" in result.stdout
+    for arg in ns[task].get_arguments():
+        assert arg.help, f"{task} --{arg.name} has no help"
+    if task in TARGETS:
+        assert "--force" in result.stdout and "--dry-run" in result.stdout
+
+
+def test_deploy_runs_the_flow_in_design_order():
+    assert ALL == ("fetch-images", "undercloud", "patch-containers", "ceph-loop", "push-registry", "deploy")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_deploy_dry_run_prints_the_plan_of_every_target_and_touches_nothing(program, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "APEX_WORK_DIR": str(tmp_path / "work"), "APEX_IMAGE_DIR": str(tmp_path / "img"),
+           "APEX_NO_FETCH": "1"}
+    result = cli(program, "deploy", "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    rows = json.loads(result.stdout)
+    assert [r["target"] for r in rows] == TARGETS
+    assert all(r["changes"] for r in rows)
+    assert not (tmp_path / "work").exists()
+
+
+def test_runtime_config_file_is_honoured_by_both_programs(tmp_path):
+    conf = tmp_path / "lab.yaml"
+    conf.write_text("registry:\n  address: 127.0.0.1:5999\nbuilder: buildah\n")
+    for program in PROGRAMS:
+        result = cli(program, "-f", str(conf), "config")
+        assert result.returncode == 0, result.stderr
+        line = next(l for l in result.stdout.splitlines() if l.startswith("registry.address"))
+        assert "127.0.0.1:5999" in line and f"runtime file {conf}" in line
+
+
+def test_config_shows_environment_source():
+    result = cli("apex", "config", "--key", "jobs", env={"APEX_JOBS": "7", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "7" in result.stdout and "# environment" in result.stdout
+
+
+def test_bad_settings_stop_with_exit_2_and_the_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("global_params: {}\n")
+    result = cli("apex", "deploy", "--dry-run", env={"APEX_DEPLOY_SETTINGS": str(bad), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert f"{bad}: global_params.ha_enabled: required key is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_placeholder_plans_in_a_dry_run_and_fails_a_real_run():
+    target = not_built("undercloud", "no issue yet")
+    options = effective_config(Config(), {}).options
+    planned = target(RunContext(options, dry_run=True))
+    assert planned.status is Status.NOT_BUILT and "not built yet" in planned.changes[0]
+    with pytest.raises(NotBuiltError, match="undercloud: this target is not built yet"):
+        target(RunContext(options))
+
+
+def test_a_failing_target_stops_the_chain_with_a_clean_message(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "APEX_WORK_DIR": str(tmp_path / "work"), "APEX_IMAGE_DIR": str(tmp_path / "img")}
+    result = cli("apex", "undercloud", env=env)
+    assert result.returncode == 1
+    assert "apex: undercloud: this target is not built yet" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "work" / "apex.log").is_file()
