@@ -50,6 +50,23 @@ DEFAULTS: dict[str, Any] = {
     "no_fetch": False,
     # Seconds a run waits for another run holding the same work dir; 0 fails at once.
     "lock_timeout": 0,
+    # fetch-images: which artifacts, how they are verified, how hard to try.
+    "fetch": {
+        # Also fetch undercloud.qcow2 (Apex did on aarch64); otherwise only the two tarballs.
+        "undercloud_image": False,
+        # Pinned sha256 per artifact, checked on top of upstream's md5/sha256 sidecars; "" = none.
+        "overcloud_sha256": "",
+        "ipa_sha256": "",
+        "undercloud_sha256": "",
+        # Attempts per request; waits start at `backoff` seconds, double, and never exceed
+        # `max_wait` (a longer Retry-After fails at once rather than hanging the run).
+        "tries": 5,
+        "backoff": 1.0,
+        "max_wait": 60.0,
+        # A read that stalls this long counts as a dropped connection (and is resumed).
+        "connect_timeout": 10.0,
+        "read_timeout": 60.0,
+    },
 }
 
 BUILDERS = ("docker", "buildah")
@@ -77,6 +94,18 @@ class RegistryOptions(_Strict):
     insecure: bool
 
 
+class FetchOptions(_Strict):
+    undercloud_image: bool
+    overcloud_sha256: str
+    ipa_sha256: str
+    undercloud_sha256: str
+    tries: int = Field(ge=1, le=100)
+    backoff: float = Field(ge=0)
+    max_wait: float = Field(ge=0)
+    connect_timeout: float = Field(gt=0)
+    read_timeout: float = Field(gt=0)
+
+
 class Options(_Strict):
     """The validated, typed effective configuration."""
 
@@ -92,6 +121,7 @@ class Options(_Strict):
     jobs: int = Field(ge=1, le=64)
     no_fetch: bool
     lock_timeout: float = Field(ge=0)
+    fetch: FetchOptions
 
 
 @dataclass(frozen=True)
