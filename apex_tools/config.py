@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
         "tag": "current-tripleo",
         "insecure": False,
     },
-    "gerrit": {"url": "https://review.opendev.org"},
+    # Anonymous REST; `timeout` seconds a request, `tries` attempts on errors, 429 and 5xx.
+    "gerrit": {"url": "https://review.opendev.org", "timeout": 30.0, "tries": 4},
     # An empty address means "<admin installer_vm.ip>:8787" from the network settings.
     # The undercloud registry of TripleO speaks plain HTTP, hence insecure by default.
     "registry": {"address": "", "insecure": True},
@@ -67,6 +68,17 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout": 10.0,
         "read_timeout": 60.0,
     },
+    # patch-containers: how patches are read, filtered and applied.
+    "patching": {
+        # Site-packages folder patched in images; "" = build/projects.yaml's for the OpenStack version.
+        "python_path": "",
+        # Comma-separated patterns of diff files never installed (release notes, the project's tests).
+        "drop": "releasenotes/*,tests/*,*/tests/*",
+        # A YAML file of local patches not on Gerrit ({overcloud,undercloud}: [{path, project}]); "" = none.
+        "local_patches": "",
+        # Package repository of an OpenDaylight release ({release}), for the opendaylight image rebuild.
+        "odl_repo_url": "https://nexus.opendaylight.org/content/repositories/opendaylight-{release}-epel-7-x86_64-devel/",
+    },
 }
 
 BUILDERS = ("docker", "buildah")
@@ -87,6 +99,8 @@ class UpstreamOptions(_Strict):
 
 class GerritOptions(_Strict):
     url: str
+    timeout: float = Field(gt=0)
+    tries: int = Field(ge=1, le=20)
 
 
 class RegistryOptions(_Strict):
@@ -106,6 +120,17 @@ class FetchOptions(_Strict):
     read_timeout: float = Field(gt=0)
 
 
+class PatchingOptions(_Strict):
+    python_path: str
+    drop: str
+    local_patches: str
+    odl_repo_url: str
+
+    @property
+    def drop_patterns(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.drop.split(",") if p.strip())
+
+
 class Options(_Strict):
     """The validated, typed effective configuration."""
 
@@ -122,6 +147,7 @@ class Options(_Strict):
     no_fetch: bool
     lock_timeout: float = Field(ge=0)
     fetch: FetchOptions
+    patching: PatchingOptions
 
 
 @dataclass(frozen=True)
