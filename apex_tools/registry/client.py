@@ -1,0 +1,497 @@
+"""A registry HTTP API v2 client on ``requests``: auth, manifests, blobs, listings, retries.
+
+One ``RegistryClient`` talks to one registry. Its TLS mode is set explicitly (``verify``,
+``no-verify`` or ``http``), never probed. Requests whose body can be replayed are retried
+on connection errors, 5xx and 429 (honouring ``Retry-After``); a streamed blob upload cannot
+be replayed, so its caller retries the whole blob (``RegistryHTTPError.retryable``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import IO, Any
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..errors import RegistryError
+from .auth import Challenge, Credentials, TokenCache, fetch_token
+
+log = logging.getLogger(__name__)
+
+TLS_MODES = ("verify", "no-verify", "http")
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+CHUNK = 1 << 20
+# Retry-After is obeyed up to this many seconds; beyond that the run would look hung.
+MAX_RETRY_WAIT = 60.0
+
+
+class RegistryHTTPError(RegistryError):
+    """A registry request failed; names the registry, repository, reference and HTTP status."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        registry: str,
+        repository: str = "",
+        reference: str = "",
+        status: int | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, hint)
+        self.registry = registry
+        self.repository = repository
+        self.reference = reference
+        self.status = status
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry sent it (bytes preserved, so the digest is kept)."""
+
+    media_type: str
+    digest: str
+    raw: bytes
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    def json(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.raw)
+
+    def blobs(self) -> list[dict[str, Any]]:
+        """The config and layer descriptors of an image manifest (empty for an index)."""
+        data = self.json()
+        return ([data["config"]] if "config" in data else []) + list(data.get("layers", []))
+
+    def children(self) -> list[dict[str, Any]]:
+        """The manifest descriptors of an index (empty for an image manifest)."""
+        return list(self.json().get("manifests", [])) if self.is_index else []
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class HashingReader:
+    """A file-like view of a byte stream that hashes and counts what is read through it.
+
+    ``__len__`` lets requests send a Content-Length and stream the body instead of buffering.
+    """
+
+    def __init__(self, stream: IO[bytes] | Iterator[bytes], size: int, on_bytes: Any = None) -> None:
+        self._stream = stream
+        self._size = size
+        self._hash = hashlib.sha256()
+        self._buffer = b""
+        self.count = 0
+        self._on_bytes = on_bytes
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, amount: int = CHUNK) -> bytes:
+        if hasattr(self._stream, "read"):
+            data = self._stream.read(amount if amount and amount > 0 else CHUNK)  # type: ignore[union-attr]
+        else:
+            data = self._buffer or next(self._stream, b"")  # type: ignore[arg-type]
+            self._buffer = b""
+            if amount and amount > 0 and len(data) > amount:
+                data, self._buffer = data[:amount], data[amount:]
+        self._hash.update(data)
+        self.count += len(data)
+        if data and self._on_bytes:
+            self._on_bytes(len(data))
+        return data
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _retry_after(response: requests.Response, default: float) -> float:
+    value = response.headers.get("Retry-After", "")
+    if value.strip().isdigit():
+        return min(float(value), MAX_RETRY_WAIT)
+    if value:
+        try:
+            return min(max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0), MAX_RETRY_WAIT)
+        except (TypeError, ValueError):
+            pass
+    return default
+
+
+def _registry_message(response: requests.Response) -> str:
+    """The registry's ``{"errors": [{code, message}]}`` envelope as one line, or the reason."""
+    try:
+        errors = response.json().get("errors") or []
+        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+    except (ValueError, AttributeError):
+        text = ""
+    return text or response.reason or f"HTTP {response.status_code}"
+
+
+class _Adapter(HTTPAdapter):
+    """Connection pools that send request bodies in large blocks (urllib3's default is 16 KiB)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = CHUNK
+        super().init_poolmanager(*args, **kwargs)
+
+
+class RegistryClient:
+    """One registry, with its TLS mode, credentials, token cache and retry policy."""
+
+    def __init__(
+        self,
+        host: str,
+        tls: str = "verify",
+        credentials: Credentials | None = None,
+        *,
+        session: requests.Session | None = None,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        pool: int = 16,
+    ) -> None:
+        if tls not in TLS_MODES:
+            raise RegistryError(f"registry {host}: unknown TLS mode {tls!r}", f"use one of {', '.join(TLS_MODES)}")
+        self.host = host
+        self.tls = tls
+        self.base = f"{'http' if tls == 'http' else 'https'}://{host}"
+        self.verify = tls == "verify"
+        self.credentials = credentials
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.tokens = TokenCache()
+        self._basic = False
+        self._lock = threading.Lock()
+        self.session = session or requests.Session()
+        adapter = _Adapter(pool_connections=pool, pool_maxsize=pool)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.host!r}, tls={self.tls!r})"
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        if self._basic and self.credentials:
+            return {"Authorization": self.credentials.basic_header()}
+        token = self.tokens.get(scope)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _authenticate(self, response: requests.Response, scope: str, where: dict[str, str]) -> bool:
+        """Answer a 401 challenge; True when a retry with new credentials makes sense."""
+        challenge = Challenge.parse(response.headers.get("WWW-Authenticate", ""))
+        if challenge.scheme == "basic":
+            if not self.credentials or self._basic:
+                return False
+            self._basic = True
+            return True
+        if challenge.scheme == "bearer" and "realm" in challenge.params:
+            self.tokens.forget(scope)
+            try:
+                token, expires = fetch_token(
+                    self.session, challenge, scope, self.credentials, self.verify, self.timeout
+                )
+            except (requests.RequestException, ValueError) as exc:
+                raise self._error(
+                    f"token request to {challenge.params['realm']} failed: {exc}",
+                    "check the registry credentials (config or docker config.json)",
+                    None, **where,
+                ) from None
+            self.tokens.put(scope, token, expires)
+            return True
+        return False
+
+    def _error(self, what: str, hint: str, status: int | None, repository: str = "", reference: str = "",
+               retryable: bool = False) -> RegistryHTTPError:
+        target = f"{self.host}/{repository}" if repository else self.host
+        if reference:
+            target += f"@{reference}" if reference.startswith("sha256:") else f":{reference}"
+        return RegistryHTTPError(
+            f"registry {target}: {what}", hint,
+            registry=self.host, repository=repository, reference=reference, status=status, retryable=retryable,
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        repository: str = "",
+        reference: str = "",
+        scope: str = "",
+        ok: tuple[int, ...] = (200,),
+        data: Any = None,
+        replayable: bool = True,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send one request with auth and retries; return the response when its status is in ``ok``."""
+        url = path if path.startswith("http") else self.base + path
+        where = {"repository": repository, "reference": reference}
+        headers = dict(kwargs.pop("headers", {}) or {})
+        reauthenticated = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.session.request(
+                    method, url, data=data, headers={**headers, **self._auth_header(scope)},
+                    verify=self.verify, timeout=self.timeout, **kwargs,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise self._error(
+                    f"TLS failed: {exc}", "set the registry's tls mode to no-verify or http if it is meant to be",
+                    None, **where,
+                ) from None
+            except requests.ConnectionError as exc:
+                if replayable and attempt <= self.retries:
+                    self._sleep(attempt, None, f"{method} {url}: {exc.__class__.__name__}")
+                    continue
+                raise self._error(
+                    f"cannot connect ({exc.__class__.__name__}: {exc})", "check that the registry is running "
+                    "and reachable", None, retryable=True, **where,
+                ) from None
+            if response.status_code in ok:
+                return response
+            if response.status_code == 401 and not reauthenticated:
+                reauthenticated = True
+                if self._authenticate(response, scope, where) and replayable:
+                    response.close()
+                    continue
+            status = response.status_code
+            retryable = status == 429 or status >= 500
+            if retryable and replayable and attempt <= self.retries:
+                self._sleep(attempt, response, f"{method} {url}: HTTP {status}")
+                response.close()
+                continue
+            raise self._http_error(method, response, retryable, where)
+
+    def _http_error(self, method: str, response: requests.Response, retryable: bool,
+                    where: dict[str, str]) -> RegistryHTTPError:
+        status = response.status_code
+        detail = _registry_message(response) if method != "HEAD" else (response.reason or "")
+        hints = {
+            401: "give credentials for this registry (config or docker config.json)",
+            403: "the credentials lack permission for this repository",
+            404: "check the image name and tag, and that the image was mirrored",
+            429: "the registry is rate-limiting; wait, or lower jobs",
+        }
+        hint = hints.get(status, "the registry failed; retry later" if status >= 500 else "see the registry's log")
+        response.close()
+        return self._error(f"{method} failed: HTTP {status} {detail}".rstrip(), hint, status, retryable=retryable,
+                           **where)
+
+    def _sleep(self, attempt: int, response: requests.Response | None, why: str) -> None:
+        wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+        if response is not None:
+            wait = _retry_after(response, wait)
+        log.debug("retrying in %.1fs (attempt %d): %s", wait, attempt, why)
+        time.sleep(wait)
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when ``/v2/`` answers as a v2 registry (200, or 401 asking for credentials)."""
+        try:
+            response = self.session.get(self.base + "/v2/", verify=self.verify, timeout=5)
+        except requests.RequestException:
+            return False
+        with response:
+            return response.status_code in (200, 401)
+
+    def check(self) -> None:
+        """Raise unless ``/v2/`` answers and our credentials are accepted."""
+        self.request("GET", "/v2/", scope="")
+
+    @staticmethod
+    def _scope(repository: str, push: bool = False) -> str:
+        return f"repository:{repository}:{'pull,push' if push else 'pull'}"
+
+    def head_manifest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """(digest, media type) of a manifest, or None when the registry does not have it."""
+        response = self.request(
+            "HEAD", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
+            scope=self._scope(repository), ok=(200, 404), headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            digest = response.headers.get("Docker-Content-Digest", "")
+            media_type = response.headers.get("Content-Type", "").split(";")[0]
+        if not digest:
+            # Without the header a HEAD cannot tell the digest; a GET hashes the body.
+            manifest = self.get_manifest(repository, reference)
+            return manifest.digest, manifest.media_type
+        return digest, media_type
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """The manifest (image manifest or index), verified against a digest reference."""
+        response = self.request(
+            "GET", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
+            scope=self._scope(repository), headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        raw = response.content
+        digest = sha256_digest(raw)
+        media_type = response.headers.get("Content-Type", "").split(";")[0]
+        if media_type not in MANIFEST_TYPES:
+            media_type = self._sniff_media_type(raw, media_type, repository, reference)
+        if reference.startswith("sha256:") and digest != reference:
+            raise self._error(f"manifest body hashes to {digest}", "the registry sent a corrupt manifest", 200,
+                              repository, reference)
+        return Manifest(media_type, digest, raw)
+
+    def _sniff_media_type(self, raw: bytes, header: str, repository: str, reference: str) -> str:
+        import json
+
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = {}
+        if data.get("schemaVersion") == 1 or "signatures" in data:
+            raise self._error("manifest is Docker schema 1, which cannot be mirrored with its digest", "use an "
+                              "image pushed in schema 2 or OCI format", 200, repository, reference)
+        found = data.get("mediaType") or (OCI_INDEX if "manifests" in data else OCI_MANIFEST if "layers" in data
+                                          else "")
+        if found not in MANIFEST_TYPES:
+            raise self._error(f"unsupported manifest type {header or found!r}",
+                              f"supported: {', '.join(MANIFEST_TYPES)}", 200, repository, reference)
+        return found
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
+        """Store ``manifest`` under a tag or its digest; returns the digest the registry reports."""
+        response = self.request(
+            "PUT", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
+            scope=self._scope(repository, push=True), ok=(200, 201), data=manifest.raw,
+            headers={"Content-Type": manifest.media_type},
+        )
+        with response:
+            digest = response.headers.get("Docker-Content-Digest", manifest.digest)
+        if digest != manifest.digest:
+            raise self._error(f"stored manifest as {digest}, expected {manifest.digest}", "the registry rewrote "
+                              "the manifest; it cannot keep digests", response.status_code, repository, reference)
+        return digest
+
+    def has_blob(self, repository: str, digest: str) -> int | None:
+        """The blob's size when ``repository`` has it, else None."""
+        response = self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", repository=repository, reference=digest,
+            scope=self._scope(repository), ok=(200, 404), allow_redirects=True,
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            return int(response.headers.get("Content-Length", "0") or 0)
+
+    def open_blob(self, repository: str, digest: str) -> requests.Response:
+        """A streamed GET of a blob; the caller reads ``.raw`` and closes it."""
+        return self.request(
+            "GET", f"/v2/{repository}/blobs/{digest}", repository=repository, reference=digest,
+            scope=self._scope(repository), stream=True,
+        )
+
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        """A (small) blob in memory, verified against its digest."""
+        with self.open_blob(repository, digest) as response:
+            data = response.content
+        if sha256_digest(data) != digest:
+            raise self._error(f"blob body hashes to {sha256_digest(data)}", "the registry sent a corrupt blob",
+                              200, repository, digest, retryable=True)
+        return data
+
+    def mount_blob(self, repository: str, digest: str, source_repository: str) -> str | None:
+        """Mount ``digest`` from another repository; None when mounted, else an open upload's URL."""
+        response = self.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", repository=repository, reference=digest,
+            scope=f"{self._scope(repository, push=True)} {self._scope(source_repository)}",
+            ok=(201, 202), params={"mount": digest, "from": source_repository},
+        )
+        with response:
+            if response.status_code == 201:
+                return None
+            return urljoin(self.base + "/", response.headers["Location"])
+
+    def start_upload(self, repository: str) -> str:
+        """Open an upload session; returns its URL."""
+        response = self.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", repository=repository,
+            scope=self._scope(repository, push=True), ok=(202,),
+        )
+        with response:
+            return urljoin(self.base + "/", response.headers["Location"])
+
+    def upload_blob(
+        self,
+        repository: str,
+        digest: str,
+        body: IO[bytes] | Iterator[bytes] | bytes,
+        size: int,
+        location: str | None = None,
+        on_bytes: Any = None,
+    ) -> int:
+        """Stream ``body`` (``size`` bytes) as blob ``digest``; checks the digest; returns bytes sent."""
+        location = location or self.start_upload(repository)
+        separator = "&" if "?" in location else "?"
+        if isinstance(body, bytes):
+            reader = HashingReader(iter([body]), size, on_bytes)
+        else:
+            reader = HashingReader(body, size, on_bytes)
+        response = self.request(
+            "PUT", f"{location}{separator}digest={digest}", repository=repository, reference=digest,
+            scope=self._scope(repository, push=True), ok=(201,), data=reader, replayable=False,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        response.close()
+        if reader.digest != digest or reader.count != size:
+            raise self._error(
+                f"sent {reader.count} bytes hashing to {reader.digest}, expected {size} bytes of {digest}",
+                "the source sent a corrupt or truncated blob; retry", None, repository, digest, retryable=True,
+            )
+        return reader.count
+
+    def _paginate(self, path: str, key: str, repository: str = "", page: int = 100) -> list[str]:
+        items: list[str] = []
+        url: str | None = f"{path}?n={page}"
+        while url:
+            response = self.request(
+                "GET", url, repository=repository, scope=self._scope(repository) if repository else
+                "registry:catalog:*", ok=(200, 404) if repository else (200,),
+            )
+            with response:
+                if response.status_code == 404:
+                    return []
+                items += response.json().get(key) or []
+                following = response.links.get("next", {}).get("url")
+            url = urljoin(self.base + "/", following) if following else None
+        return items
+
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository`` (following pagination); empty when it does not exist."""
+        return self._paginate(f"/v2/{repository}/tags/list", "tags", repository)
+
+    def catalog(self) -> list[str]:
+        """Every repository of the registry (following pagination)."""
+        return self._paginate("/v2/_catalog", "repositories")

@@ -1,0 +1,307 @@
+"""Helpers for the registry tests: images pushed by hand through the API, proxies, token server."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import socketserver
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from apex_tools.registry.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Manifest, RegistryClient
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_blob(name: str, size: int, seed: str = "") -> tuple[bytes, str]:
+    """A gzipped tar holding one file of ``size`` pseudo-random bytes; (blob, diff_id)."""
+    content = b""
+    counter = 0
+    while len(content) < size:
+        content += hashlib.sha256(f"{seed}{name}{counter}".encode()).digest()
+        counter += 1
+    content = content[:size]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(content), 0, 0o644
+        tar.addfile(info, io.BytesIO(content))
+    tar_bytes = raw.getvalue()
+    return gzip.compress(tar_bytes, mtime=0), digest_of(tar_bytes)
+
+
+def push_image(
+    client: RegistryClient,
+    repository: str,
+    tag: str,
+    layers: list[tuple[bytes, str]],
+    oci: bool = False,
+    label: str = "",
+) -> Manifest:
+    """Push config, layers and a manifest (Docker schema 2, or OCI) by hand through the API."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {"Labels": {"apex.test": label or tag}},
+         "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]}},
+        sort_keys=True,
+    ).encode()
+    config_type = "application/vnd.oci.image.config.v1+json" if oci else "application/vnd.docker.container.image.v1+json"
+    layer_type = "application/vnd.oci.image.layer.v1.tar+gzip" if oci else "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    for blob in [config] + [blob for blob, _ in layers]:
+        if client.has_blob(repository, digest_of(blob)) is None:
+            client.upload_blob(repository, digest_of(blob), blob, len(blob))
+    body: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+        "config": {"mediaType": config_type, "size": len(config), "digest": digest_of(config)},
+        "layers": [{"mediaType": layer_type, "size": len(b), "digest": digest_of(b)} for b, _ in layers],
+    }
+    raw = json.dumps(body, indent=3).encode()
+    manifest = Manifest(body["mediaType"], digest_of(raw), raw)
+    client.put_manifest(repository, tag, manifest)
+    return manifest
+
+
+def push_index(client: RegistryClient, repository: str, tag: str, children: list[Manifest], oci: bool = False) -> Manifest:
+    """Push a manifest list (or OCI index) over already pushed child manifests."""
+    platforms = [("amd64", "linux"), ("arm64", "linux"), ("ppc64le", "linux")]
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX if oci else DOCKER_LIST,
+        "manifests": [
+            {"mediaType": child.media_type, "size": len(child.raw), "digest": child.digest,
+             "platform": {"architecture": arch, "os": os_}}
+            for child, (arch, os_) in zip(children, platforms)
+        ],
+    }
+    raw = json.dumps(body, indent=2).encode()
+    manifest = Manifest(body["mediaType"], digest_of(raw), raw)
+    for child in children:
+        client.put_manifest(repository, child.digest, child)
+    client.put_manifest(repository, tag, manifest)
+    return manifest
+
+
+# -- a proxy that counts requests and can fail some ------------------------------------------
+
+
+@dataclass
+class Proxy:
+    """A loopback HTTP proxy in front of a registry; ``fail(predicate, times)`` injects 500s."""
+
+    upstream: str
+    address: str = ""
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    bytes_in: int = 0
+    _failures: list[list[Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, predicate: Callable[[str, str], bool], times: int = 1, status: int = 500,
+             headers: dict[str, str] | None = None) -> None:
+        self._failures.append([predicate, times, status, headers or {}])
+
+    def _injected(self, method: str, path: str) -> tuple[int, dict[str, str]] | None:
+        with self._lock:
+            self.requests.append((method, path))
+            for failure in self._failures:
+                if failure[1] > 0 and failure[0](method, path):
+                    failure[1] -= 1
+                    return failure[2], failure[3]
+        return None
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, p in self.requests if m == method and fragment in p)
+
+
+def _handler(proxy: Proxy) -> type[http.server.BaseHTTPRequestHandler]:
+    session = requests.Session()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while True:
+                    size = int(self.rfile.readline().strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+
+        def _relay(self) -> None:
+            body = self._body()
+            with proxy._lock:
+                proxy.bytes_in += len(body)
+            injected = proxy._injected(self.command, self.path)
+            if injected is not None:
+                status, headers = injected
+                payload = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding", "content-length")}
+            response = session.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
+                                       allow_redirects=False, stream=True)
+            content = response.raw.read(decode_content=False) if self.command != "HEAD" else b""
+            self.send_response(response.status_code)
+            for key, value in response.raw.headers.items():
+                if key.lower() in ("transfer-encoding", "connection", "content-length"):
+                    continue
+                if key.lower() == "location":
+                    value = value.replace(proxy.upstream, f"http://{proxy.address}")
+                self.send_header(key, value)
+            length = response.headers.get("Content-Length") if self.command == "HEAD" else str(len(content))
+            self.send_header("Content-Length", length or "0")
+            self.end_headers()
+            if content:
+                self.wfile.write(content)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _relay
+
+    return Handler
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free loopback port in a thread; yields ``host:port``; stops after."""
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def run_proxy(upstream_url: str) -> Iterator[Proxy]:
+    """A counting, failure-injecting proxy in front of ``upstream_url``."""
+    proxy = Proxy(upstream_url)
+    with serve(_handler(proxy)) as address:
+        proxy.address = address
+        yield proxy
+
+
+# -- a token server for the registry's `auth: token` -----------------------------------------
+
+
+@dataclass
+class TokenServer:
+    """Issues RS256 JWTs signed with a self-signed certificate the registry trusts."""
+
+    folder: Path
+    users: dict[str, str]
+    lifetime: int = 60
+    address: str = ""
+    issued: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "token.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / "token.crt"
+
+    def registry_config(self) -> dict[str, Any]:
+        return {"auth": {"token": {"realm": f"http://{self.address}/token", "service": "apex-test",
+                                   "issuer": "apex-test-issuer", "rootcertbundle": str(self.cert)}}}
+
+    def sign(self, account: str, scope: str) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], capture_output=True,
+                             check=True).stdout
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        access = []
+        for item in scope.split():
+            kind, _, rest = item.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "apex-test-issuer", "sub": account, "aud": "apex-test", "exp": now + self.lifetime,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}".encode()
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing_input,
+                                   capture_output=True, check=True).stdout
+        return f"{signing_input.decode()}.{b64(signature)}"
+
+
+def _token_handler(server: TokenServer) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            from urllib.parse import parse_qs, urlparse
+
+            query = parse_qs(urlparse(self.path).query)
+            auth = self.headers.get("Authorization", "")
+            user = ""
+            if auth.startswith("Basic "):
+                name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                if server.users.get(name) != password:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                user = name
+            scope = " ".join(query.get("scope", []))
+            # Anonymous users may only pull; pushing needs an account.
+            if not user:
+                scope = " ".join(s.rpartition(":")[0] + ":pull" for s in scope.split())
+            token = server.sign(user, scope)
+            server.issued.append(scope)
+            payload = json.dumps({"token": token, "expires_in": server.lifetime}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@contextlib.contextmanager
+def run_token_server(folder: Path, users: dict[str, str], lifetime: int = 60) -> Iterator[TokenServer]:
+    """A token server on loopback with a fresh RSA key and self-signed certificate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = TokenServer(folder, users, lifetime)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=apex-test",
+                    "-keyout", str(server.key), "-out", str(server.cert)], capture_output=True, check=True)
+    with serve(_token_handler(server)) as address:
+        server.address = address
+        yield server
