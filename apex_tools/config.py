@@ -39,12 +39,21 @@ DEFAULTS: dict[str, Any] = {
         "name_prefix": "centos-binary-",
         "tag": "current-tripleo",
         "insecure": False,
+        # push-registry: TLS mode verify | no-verify | http; "" = http when insecure, else verify.
+        "tls": "",
+        # Credentials; "" = the docker config.json entry for the registry, else anonymous.
+        "username": "",
+        "password": "",
+        # Where the Ceph daemon image is pulled from; "" = the catalog's (docker.io).
+        "ceph_registry": "",
     },
     # Anonymous REST; `timeout` seconds a request, `tries` attempts on errors, 429 and 5xx.
     "gerrit": {"url": "https://review.opendev.org", "timeout": 30.0, "tries": 4},
     # An empty address means "<admin installer_vm.ip>:8787" from the network settings.
     # The undercloud registry of TripleO speaks plain HTTP, hence insecure by default.
-    "registry": {"address": "", "insecure": True},
+    # push-registry: `tls`, `username`, `password` as for upstream; `start` runs Debian's
+    # docker-registry (storage under the work dir) when the address is this machine's and silent.
+    "registry": {"address": "", "insecure": True, "tls": "", "username": "", "password": "", "start": True},
     "builder": "docker",
     "jobs": 4,
     # Use cached artifacts only and never ask upstream (offline runs).
@@ -95,6 +104,10 @@ class UpstreamOptions(_Strict):
     name_prefix: str
     tag: str
     insecure: bool
+    tls: Literal["", "verify", "no-verify", "http"]
+    username: str
+    password: str = Field(repr=False)
+    ceph_registry: str
 
 
 class GerritOptions(_Strict):
@@ -106,6 +119,10 @@ class GerritOptions(_Strict):
 class RegistryOptions(_Strict):
     address: str
     insecure: bool
+    tls: Literal["", "verify", "no-verify", "http"]
+    username: str
+    password: str = Field(repr=False)
+    start: bool
 
 
 class FetchOptions(_Strict):
