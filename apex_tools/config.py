@@ -88,6 +88,19 @@ DEFAULTS: dict[str, Any] = {
         # Package repository of an OpenDaylight release ({release}), for the opendaylight image rebuild.
         "odl_repo_url": "https://nexus.opendaylight.org/content/repositories/opendaylight-{release}-epel-7-x86_64-devel/",
     },
+    # ceph-loop: the loop device backing the OSDs when the deploy settings name no
+    # ceph_device, and ceph-ansible's pool settings. `virtual` (VMs as overcloud nodes)
+    # picks the loop file size and adds OSD/MDS container memory limits; baremetal is the
+    # default because a 1g memory limit on real hardware is the worse silent mistake.
+    "ceph": {
+        "virtual": False,
+        "loop_device": "/dev/loop3",
+        "loop_file": "/srv/data.img",
+        "loop_size_virtual": "10G",
+        "loop_size_baremetal": "50G",
+        "pool_size": 2,
+        "pg_num": 32,
+    },
 }
 
 BUILDERS = ("docker", "buildah")
@@ -148,6 +161,17 @@ class PatchingOptions(_Strict):
         return tuple(p.strip() for p in self.drop.split(",") if p.strip())
 
 
+class CephOptions(_Strict):
+    virtual: bool
+    loop_device: str = Field(pattern=r"^/dev/[A-Za-z0-9._/-]+$")
+    loop_file: str = Field(pattern=r"^/[A-Za-z0-9._/-]+$")
+    # truncate(1) sizes: a number with an optional K/M/G/T suffix.
+    loop_size_virtual: str = Field(pattern=r"^[1-9][0-9]*[KMGT]?$")
+    loop_size_baremetal: str = Field(pattern=r"^[1-9][0-9]*[KMGT]?$")
+    pool_size: int = Field(ge=1, le=10)
+    pg_num: int = Field(ge=1)
+
+
 class Options(_Strict):
     """The validated, typed effective configuration."""
 
@@ -165,6 +189,7 @@ class Options(_Strict):
     lock_timeout: float = Field(ge=0)
     fetch: FetchOptions
     patching: PatchingOptions
+    ceph: CephOptions
 
 
 @dataclass(frozen=True)
