@@ -1,0 +1,213 @@
+"""Copy images between registries, preserving digests, moving each blob at most once per run.
+
+For each image: one HEAD on each side; an equal digest means "already there". Otherwise the
+blobs are copied (skipped when the target repository has them, mounted when this run already
+put them in another repository of the target) and the exact manifest bytes are PUT, children
+of a manifest list / OCI index first. Several images are copied at once; a per-blob lock makes
+images that share base layers wait for the first copy and then mount it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+from ..errors import ApexError
+from ..reference import ImageRef
+from .client import Manifest, RegistryClient, RegistryHTTPError
+
+log = logging.getLogger(__name__)
+
+MIRRORED = "mirrored"
+ALREADY_THERE = "already there"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """One image to copy: ``source`` (tag or digest) to ``target`` (a tag)."""
+
+    source: ImageRef
+    target: ImageRef
+
+
+@dataclass
+class CopyResult:
+    """How one image's copy ended: status, the manifest digest, what moved, and why it failed."""
+
+    job: CopyJob
+    status: str
+    digest: str = ""
+    detail: str = ""
+    bytes_sent: int = 0
+    error: ApexError | None = None
+
+
+@dataclass
+class MirrorStats:
+    """Counters over a whole run (thread-safe through ``add``)."""
+
+    bytes_sent: int = 0
+    blobs_sent: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+ClientFor = Callable[[str], RegistryClient]
+
+
+class Mirror:
+    """Copies images with ``jobs`` workers; remembers which blobs each target repository has."""
+
+    def __init__(
+        self,
+        client_for: ClientFor,
+        jobs: int = 4,
+        *,
+        blob_attempts: int = 3,
+        on_bytes: Callable[[int], None] | None = None,
+        on_image: Callable[[CopyResult], None] | None = None,
+    ) -> None:
+        self.client_for = client_for
+        self.jobs = max(1, jobs)
+        self.blob_attempts = blob_attempts
+        self.on_bytes = on_bytes
+        self.on_image = on_image
+        self.stats = MirrorStats()
+        # (target host, digest) → target repositories known to hold the blob in this run.
+        self._holders: dict[tuple[str, str], set[str]] = {}
+        self._blob_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def copy_all(self, jobs: Sequence[CopyJob]) -> list[CopyResult]:
+        """Copy every job (in parallel); results in the jobs' order. Failures are results, not raised."""
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.jobs, len(jobs)), thread_name_prefix="mirror") as pool:
+            return list(pool.map(self._copy_reporting, jobs))
+
+    def _copy_reporting(self, job: CopyJob) -> CopyResult:
+        try:
+            result = self.copy(job)
+        except ApexError as exc:
+            log.debug("copy of %s failed", job.source, exc_info=True)
+            result = CopyResult(job, FAILED, detail=exc.message.splitlines()[0], error=exc)
+        if self.on_image:
+            self.on_image(result)
+        return result
+
+    def copy(self, job: CopyJob) -> CopyResult:
+        """Copy one image; raises ``RegistryError`` on failure."""
+        src = self.client_for(job.source.registry)
+        dst = self.client_for(job.target.registry)
+        source, target = job.source, job.target
+        found = src.head_manifest(source.repository, source.reference)
+        if found is None:
+            raise RegistryHTTPError(
+                f"registry {source}: image not found upstream",
+                "check upstream.registry/namespace/tag, or that the image exists for this release",
+                registry=source.registry, repository=source.repository, reference=source.reference, status=404,
+            )
+        digest = found[0]
+        present = dst.head_manifest(target.repository, target.reference)
+        if present is not None and present[0] == digest:
+            return CopyResult(job, ALREADY_THERE, digest, "digest matches")
+        before = self.stats.bytes_sent
+        manifest = src.get_manifest(source.repository, digest)
+        sent = self._copy_manifest(src, dst, source.repository, target.repository, manifest)
+        dst.put_manifest(target.repository, target.reference, manifest)
+        detail = f"{sent} bytes sent" if sent else "no blob moved"
+        if manifest.is_index:
+            detail += f", {len(manifest.children())} platform manifests"
+        log.debug("mirrored %s → %s (%s); run total %d bytes", source, target, detail, before + sent)
+        return CopyResult(job, MIRRORED, digest, detail, bytes_sent=sent)
+
+    def _copy_manifest(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str,
+                       manifest: Manifest) -> int:
+        """Copy what ``manifest`` references (blobs, or child manifests by digest); bytes sent."""
+        sent = 0
+        for child in manifest.children():
+            if dst.head_manifest(dst_repo, child["digest"]) is not None:
+                continue
+            child_manifest = src.get_manifest(src_repo, child["digest"])
+            sent += self._copy_manifest(src, dst, src_repo, dst_repo, child_manifest)
+            dst.put_manifest(dst_repo, child["digest"], child_manifest)
+        for blob in manifest.blobs():
+            sent += self._copy_blob(src, dst, src_repo, dst_repo, blob["digest"], int(blob["size"]))
+        return sent
+
+    def _lock_for(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._blob_locks.setdefault(key, threading.Lock())
+
+    def _copy_blob(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str,
+                   digest: str, size: int) -> int:
+        """Make ``dst_repo`` hold ``digest``: known, mounted, present, or sent; bytes sent."""
+        key = (dst.host, digest)
+        with self._lock_for(key):
+            holders = self._holders.setdefault(key, set())
+            if dst_repo in holders:
+                return 0
+            location = None
+            mount_from = next(iter(sorted(holders)), None)
+            if mount_from is None and src.host == dst.host and src_repo != dst_repo:
+                mount_from = src_repo
+            if mount_from is not None:
+                location = dst.mount_blob(dst_repo, digest, mount_from)
+                if location is None:
+                    holders.add(dst_repo)
+                    self.stats.add(blobs_mounted=1)
+                    return 0
+            elif dst.has_blob(dst_repo, digest) is not None:
+                holders.add(dst_repo)
+                self.stats.add(blobs_present=1)
+                return 0
+            sent = self._transfer(src, dst, src_repo, dst_repo, digest, size, location)
+            holders.add(dst_repo)
+            return sent
+
+    def _transfer(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str, digest: str,
+                  size: int, location: str | None) -> int:
+        """Stream one blob source → target, retrying the whole blob on a transient failure."""
+        attempt = 0
+        while True:
+            attempt += 1
+            sent = 0
+
+            def count(amount: int) -> None:
+                nonlocal sent
+                sent += amount
+                self.stats.add(bytes_sent=amount)
+                if self.on_bytes:
+                    self.on_bytes(amount)
+
+            try:
+                with src.open_blob(src_repo, digest) as response:
+                    dst.upload_blob(dst_repo, digest, response.raw, size, location, on_bytes=count)
+                self.stats.add(blobs_sent=1)
+                return sent
+            except (RegistryHTTPError, requests.RequestException) as exc:
+                retryable = not isinstance(exc, RegistryHTTPError) or exc.retryable
+                if not retryable or attempt >= self.blob_attempts:
+                    if isinstance(exc, RegistryHTTPError):
+                        raise
+                    raise RegistryHTTPError(
+                        f"registry {src.host}/{src_repo}@{digest}: reading the blob failed: {exc}",
+                        "the upstream connection broke; retry the run",
+                        registry=src.host, repository=src_repo, reference=digest, retryable=True,
+                    ) from None
+                log.warning("blob %s → %s/%s failed (attempt %d of %d), retrying: %s", digest[:19], dst.host,
+                            dst_repo, attempt, self.blob_attempts, getattr(exc, "message", exc))
+                # A failed upload session cannot be resumed portably; start a fresh one.
+                location = None
