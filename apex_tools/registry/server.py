@@ -1,0 +1,177 @@
+"""The local registry: start Debian's ``docker-registry`` when the address is ours and silent.
+
+The registry must outlive the target (later targets and the overcloud pull from it), so it
+runs detached, in its own session, with its pid in ``<work_dir>/registry/registry.pid``.
+``stop_local_registry(work_dir)`` stops the one we started (checking the pid is still that
+program), and a registry already answering is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from ..errors import RegistryError
+from ..resources import data_path
+from ..state import write_if_changed
+from .client import RegistryClient
+
+log = logging.getLogger(__name__)
+
+BINARY = "docker-registry"
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """The local registry's address, and whether this call started it (with its pid)."""
+
+    address: str
+    started: bool
+    pid: int | None = None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RegistryError(f"registry address {address!r} is not host:port", "set registry.address, e.g. 192.0.2.1:8787")
+    return host.strip("[]"), int(port)
+
+
+def is_local_address(host: str) -> bool:
+    """True when ``host`` is loopback or an address of one of this machine's interfaces."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+        except (OSError, IndexError, ValueError):
+            return False
+    if ip.is_loopback:
+        return True
+    # Binding succeeds only for an address this machine holds; nothing is sent anywhere.
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
+
+
+def paths(work_dir: Path) -> dict[str, Path]:
+    """Where the local registry keeps its configuration, data, log and pid."""
+    root = Path(work_dir) / "registry"
+    return {"root": root, "config": root / "config.yml", "storage": root / "data", "log": root / "registry.log",
+            "pid": root / "registry.pid"}
+
+
+def render_config(address: str, storage: Path) -> str:
+    """``registry/config.yml`` filled for ``address`` and ``storage``."""
+    template = data_path("registry", "config.yml").read_text()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(template).render(address=address, storage=str(storage))
+
+
+def plan_local_registry(address: str, client: RegistryClient, start: bool) -> str | None:
+    """The action needed for the local registry to answer (None when it already does)."""
+    if client.ping():
+        return None
+    host, _ = split_address(address)
+    if start and is_local_address(host):
+        return f"start the local registry on {address} ({BINARY}, storage under the work dir)"
+    return f"registry {address} must answer (it is not this machine's to start)"
+
+
+def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, start: bool = True) -> LocalRegistry:
+    """Leave an answering registry alone; start ours when the address is this machine's."""
+    if client.ping():
+        return LocalRegistry(address, started=False, pid=_running_pid(work_dir))
+    host, _ = split_address(address)
+    if not (start and is_local_address(host)):
+        raise RegistryError(
+            f"registry {address} does not answer at {client.base}/v2/",
+            "start it (it is not on this machine)" if start else "start it, or set registry.start to let apex do so",
+        )
+    binary = shutil.which(BINARY)
+    if binary is None:
+        raise RegistryError(f"cannot start the local registry on {address}: {BINARY} not found",
+                            "apt-get install docker-registry")
+    where = paths(work_dir)
+    where["storage"].mkdir(parents=True, exist_ok=True)
+    write_if_changed(where["config"], render_config(address, where["storage"]))
+    with open(where["log"], "ab") as logfile:
+        proc = subprocess.Popen(
+            [binary, "serve", str(where["config"])], stdin=subprocess.DEVNULL, stdout=logfile,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    write_if_changed(where["pid"], f"{proc.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not client.ping():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+            with contextlib.suppress(FileNotFoundError):
+                where["pid"].unlink()
+            tail = where["log"].read_text(errors="replace").splitlines()[-15:]
+            raise RegistryError(
+                f"the local registry on {address} did not start (exit {proc.returncode}):\n  " + "\n  ".join(tail),
+                f"see {where['log']}; is the address taken, or not this machine's?",
+            )
+        time.sleep(0.1)
+    log.info("started the local registry on %s (pid %d, storage %s)", address, proc.pid, where["storage"])
+    return LocalRegistry(address, started=True, pid=proc.pid)
+
+
+def _running_pid(work_dir: Path) -> int | None:
+    """The pid in our pidfile when that process is still our registry, else None."""
+    pidfile = paths(work_dir)["pid"]
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if cmdline and os.path.basename(cmdline[0].decode(errors="replace")) == BINARY and \
+            str(paths(work_dir)["config"]).encode() in cmdline:
+        return pid
+    return None
+
+
+def stop_local_registry(work_dir: Path, timeout: float = 10.0) -> bool:
+    """Stop the registry this work dir started (by its pidfile); True when one was stopped."""
+    pid = _running_pid(work_dir)
+    pidfile = paths(work_dir)["pid"]
+    if pid is None:
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the registry is our own child (same process started it)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
