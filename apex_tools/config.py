@@ -81,8 +81,8 @@ DEFAULTS: dict[str, Any] = {
     "patching": {
         # Site-packages folder patched in images; "" = build/projects.yaml's for the OpenStack version.
         "python_path": "",
-        # Comma-separated patterns of diff files never installed (release notes, the project's tests).
-        "drop": "releasenotes/*,tests/*,*/tests/*",
+        # Comma-separated patterns of diff files never installed (release notes; tests: python tests/, puppet spec/).
+        "drop": "releasenotes/*,tests/*,*/tests/*,spec/*",
         # A YAML file of local patches not on Gerrit ({overcloud,undercloud}: [{path, project}]); "" = none.
         "local_patches": "",
         # Package repository of an OpenDaylight release ({release}), for the opendaylight image rebuild.
