@@ -1,0 +1,228 @@
+"""push-registry: mirror the deployment's images into the local registry, rebuild the patched ones
+as ``:apex``, and write the image lists and ``docker-images.yaml``.
+
+Check: one HEAD per image on each side (in parallel), the rebuild key tags, the local registry
+answering; the fingerprint holds the upstream digests, so a moved upstream tag is noticed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .builders import Builder
+from .catalog import load_catalog
+from .config import Options
+from .errors import RegistryError
+from .reference import ImageRef
+from .registry.auth import Credentials, docker_config_credentials
+from .registry.client import RegistryClient
+from .registry.deployment import DeploymentImage, Naming, deployment_images, image_lists, parameter_file, parameter_refs
+from .registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror
+from .registry.rebuild import BUILD, CURRENT, SKIP, RebuildAction, apply_rebuilds, find_rebuilds, plan_rebuilds
+from .registry.server import ensure_local_registry, plan_local_registry
+from .run import Item, RunContext, Status, TargetResult
+from .state import fingerprint, write_if_changed
+
+log = logging.getLogger(__name__)
+
+TARGET = "push-registry"
+PARAMETER_FILE = "docker-images.yaml"
+
+
+def tls_mode(tls: str, insecure: bool) -> str:
+    """The explicit TLS mode, or the one ``insecure`` implies (plain HTTP when insecure)."""
+    return tls or ("http" if insecure else "verify")
+
+
+class Clients:
+    """One ``RegistryClient`` per registry host, configured from the options."""
+
+    def __init__(self, options: Options, local: str, upstream: str) -> None:
+        self.options = options
+        self.local = local
+        self.upstream = upstream
+        self._clients: dict[str, RegistryClient] = {}
+        self._lock = threading.Lock()
+
+    def _settings(self, host: str) -> tuple[str, Credentials | None]:
+        section = self.options.registry if host == self.local else self.options.upstream
+        tls = tls_mode(section.tls, section.insecure) if host in (self.local, self.upstream) else "verify"
+        credentials = Credentials(section.username, section.password) if section.username and host in (
+            self.local, self.upstream) else docker_config_credentials(host)
+        return tls, credentials
+
+    def __call__(self, host: str) -> RegistryClient:
+        with self._lock:
+            if host not in self._clients:
+                tls, credentials = self._settings(host)
+                self._clients[host] = RegistryClient(host, tls, credentials)
+            return self._clients[host]
+
+
+@dataclass
+class _Head:
+    image: DeploymentImage
+    upstream: str | None = None
+    local: str | None = None
+    error: RegistryError | None = None
+
+
+def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int) -> list[_Head]:
+    """Upstream and local manifest digests of every image (one HEAD each side, in parallel)."""
+
+    def head(image: DeploymentImage) -> _Head:
+        found = _Head(image)
+        try:
+            up = clients(image.source.registry).head_manifest(image.source.repository, image.source.reference)
+            found.upstream = up[0] if up else None
+            if local_up:
+                here = clients(image.target.registry).head_manifest(image.target.repository, image.target.reference)
+                found.local = here[0] if here else None
+        except RegistryError as exc:
+            found.error = exc
+        return found
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(images) or 1))) as pool:
+        return list(pool.map(head, images))
+
+
+def _naming(run: RunContext) -> Naming:
+    up = run.options.upstream
+    return Naming(up.registry, run.expand(up.namespace), up.name_prefix, up.tag, run.registry_address,
+                  up.ceph_registry)
+
+
+def push_registry(run: RunContext) -> TargetResult:
+    """Mirror, rebuild, write the lists and the parameter file (check → plan → apply)."""
+    options = run.options
+    work_dir = Path(options.work_dir)
+    naming = _naming(run)
+    local = naming.local_registry
+    clients = Clients(options, local, naming.upstream_registry)
+    local_client = clients(local)
+    images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
+
+    # -- check ---------------------------------------------------------------------------------
+    registry_action = plan_local_registry(local, local_client, options.registry.start)
+    heads = _heads(images, clients, registry_action is None, options.jobs)
+    by_local_ref = {str(h.image.target): h for h in heads}
+    rebuilds = find_rebuilds(work_dir / "containers", local)
+    rebuild_names = {r.image for r in rebuilds}
+
+    def base_digest(ref: ImageRef) -> str | None:
+        head = by_local_ref.get(str(ref.with_registry(local)))
+        if head is not None:
+            return head.upstream
+        if registry_action is not None:
+            return None
+        found = local_client.head_manifest(ref.repository, ref.reference)
+        return found[0] if found else None
+
+    actions = plan_rebuilds(rebuilds, local_client, base_digest) if registry_action is None else [
+        RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
+    insecure = local if tls_mode(options.registry.tls, options.registry.insecure) != "verify" else None
+    fp = fingerprint({
+        "images": [(str(h.image.source), str(h.image.target), h.upstream, h.image.parameters) for h in heads],
+        "rebuilds": [(a.rebuild.image, str(a.key) if a.key else None, a.action == SKIP) for a in actions],
+        "insecure": insecure,
+    })
+    outputs = [work_dir / name for name in ("overcloud_containers.yaml", "sdn_containers.yaml", PARAMETER_FILE)]
+    all_there = registry_action is None and all(h.upstream and h.local == h.upstream for h in heads)
+    if all_there and all(a.action in (CURRENT, SKIP) for a in actions) and run.up_to_date(TARGET, fp):
+        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
+
+    # -- plan ----------------------------------------------------------------------------------
+    to_copy = [h for h in heads if not (h.upstream and h.local == h.upstream)]
+    plan = [registry_action] if registry_action else []
+    if to_copy:
+        plan.append(f"mirror {len(to_copy)} of {len(images)} images to {local} (not there, or upstream moved)")
+    plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in actions if a.action != CURRENT]
+    plan.append(f"write {', '.join(p.name for p in outputs)} in {work_dir}")
+    if run.dry_run:
+        return TargetResult(TARGET, Status.PLANNED, plan)
+
+    # -- apply ---------------------------------------------------------------------------------
+    changes: list[str] = []
+    started = ensure_local_registry(local, work_dir, local_client, options.registry.start)
+    if started.started:
+        changes.append(f"started the local registry on {local} (pid {started.pid})")
+    results = _mirror(run, clients, heads)
+    items = [Item(r.job.target.repository, r.status, r.detail) for r in results]
+    failed = [r for r in results if r.status == FAILED]
+    mirrored = [r for r in results if r.status not in (FAILED, ALREADY_THERE)]
+    if mirrored:
+        changes.append(f"mirrored {len(mirrored)} images ({sum(r.bytes_sent for r in mirrored)} bytes sent)")
+    if failed:
+        changes.append(f"{len(failed)} images failed to mirror; nothing rebuilt, no parameter file written")
+        return TargetResult(TARGET, Status.FAILED, changes, items)
+
+    if registry_action is not None:
+        actions = plan_rebuilds(rebuilds, local_client, base_digest)
+    done = apply_rebuilds(actions, _builder(options, insecure), local_client) if actions else []
+    for action in actions:
+        if action.action == SKIP:
+            items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
+        elif action in done:
+            items.append(Item(action.rebuild.target.repository, "rebuilt" if action.action == BUILD else "retagged",
+                              f"{action.rebuild.target} = {action.key.tag if action.key else ''}"))
+            changes.append(f"{'rebuilt' if action.action == BUILD else 'retagged'} {action.rebuild.target}")
+    rebuilt = {a.rebuild.image for a in actions if a.action != SKIP}
+
+    refs = parameter_refs(images, rebuilt)
+    _check_present(refs, clients)
+    files = {**image_lists(images), PARAMETER_FILE: parameter_file(refs, insecure)}
+    for name, content in files.items():
+        if write_if_changed(work_dir / name, content):
+            changes.append(f"wrote {work_dir / name}")
+    run.state.save(TARGET, fp, outputs=outputs, data={
+        "registry": local,
+        "images": {str(h.image.target): h.upstream for h in heads},
+        "rebuilt": sorted(rebuilt & rebuild_names),
+    })
+    return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
+
+
+def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyResult]:
+    """Copy the images that are not already there, with progress over bytes and a line per image."""
+    jobs = [CopyJob(h.image.source, h.image.target) for h in heads]
+    total = len(jobs)
+    done = 0
+    lock = threading.Lock()
+    with run.progress(f"mirroring {total} images", None) as progress:
+
+        def on_image(result: CopyResult) -> None:
+            nonlocal done
+            with lock:
+                done += 1
+                log.info("[%d/%d] %s: %s %s", done, total, result.job.target, result.status, result.detail)
+
+        def on_bytes(amount: int) -> None:
+            with lock:
+                progress.advance(amount)
+
+        mirror = Mirror(clients, run.options.jobs, on_bytes=on_bytes, on_image=on_image)
+        # Images whose digests already matched at the check are not asked again.
+        pending = [j for j, h in zip(jobs, heads) if not (h.upstream and h.local == h.upstream)]
+        copied = {id(j): r for j, r in zip(pending, mirror.copy_all(pending))}
+    return [copied.get(id(j)) or CopyResult(j, ALREADY_THERE, h.upstream or "", "digest matches")
+            for j, h in zip(jobs, heads)]
+
+
+def _builder(options: Options, insecure: str | None) -> Builder:
+    from .builders import get_builder
+
+    return get_builder(options.builder, [insecure] if insecure else [])
+
+
+def _check_present(refs: dict[str, ImageRef], clients: Clients) -> None:
+    """Every image the parameter file names must be in the local registry; raise naming the missing."""
+    missing = sorted({str(ref) for ref in refs.values()
+                      if clients(ref.registry).head_manifest(ref.repository, ref.reference) is None})
+    if missing:
+        raise RegistryError(f"{len(missing)} images named by {PARAMETER_FILE} are missing from the registry: "
+                            + ", ".join(missing), "re-run push-registry with --force")
+
