@@ -1,0 +1,115 @@
+# shellcheck shell=bash
+# Set-up steps shared by scripts/apex and scripts/test. Source it; call the ensure_* functions.
+#
+# Each step is idempotent and silent when there is nothing to do, so running a command twice
+# costs a few milliseconds of checks. Messages go to stderr, prefixed "setup:".
+
+APEX_REPO="${APEX_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+APEX_DOCKERD_LOG="${APEX_DOCKERD_LOG:-/var/log/apex-dockerd.log}"
+
+_setup_say() { echo "setup: $*" >&2; }
+
+_setup_fail() {
+    echo "setup: error: $1" >&2
+    [[ -n ${2:-} ]] && echo "setup: hint: $2" >&2
+    return 1
+}
+
+# The names of the given Debian packages that are not installed.
+_missing_debian_packages() {
+    local name status
+    for name in "$@"; do
+        status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$name" 2>/dev/null) || status=""
+        [[ $status == ii* ]] || echo "$name"
+    done
+}
+
+# apt-get install the named packages that are missing (apt-get update once per shell first).
+_apt_install() {
+    local missing
+    mapfile -t missing < <(_missing_debian_packages "$@")
+    ((${#missing[@]})) || return 0
+    if ((EUID != 0)); then
+        _setup_fail "missing Debian packages: ${missing[*]}" "run as root, or: sudo apt-get install ${missing[*]}"
+        return 1
+    fi
+    _setup_say "installing Debian packages: ${missing[*]}"
+    if [[ -z ${_APEX_APT_UPDATED:-} ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
+        _APEX_APT_UPDATED=1
+    fi
+    # NEEDRESTART_MODE=l: list, never restart, services (needrestart comes with docker.io).
+    DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
+        apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null || return 1
+}
+
+# Every package of scripts/debian-packages.txt (one name a line; # starts a comment).
+ensure_debian_packages() {
+    local wanted
+    mapfile -t wanted < <(sed -e 's/#.*//' "$APEX_REPO/scripts/debian-packages.txt" | awk 'NF {print $1}')
+    _apt_install "${wanted[@]}"
+}
+
+# A python3 that can make virtual environments (Debian splits venv/ensurepip off).
+_ensure_python() {
+    if command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        return 0
+    fi
+    _apt_install python3 python3-venv
+}
+
+# The virtual environment .venv with the package installed editable, test extra included.
+# Reinstalled only when pyproject.toml (or the python it was made with) changed.
+ensure_venv() {
+    local venv="$APEX_REPO/.venv" stamp want
+    stamp="$venv/.apex-setup-stamp"
+    want="$(sha256sum "$APEX_REPO/pyproject.toml" | cut -d' ' -f1)"
+    if [[ -f $stamp && $(<"$stamp") == "$want $("$venv/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null)" ]]; then
+        return 0
+    fi
+    _ensure_python || return 1
+    if ! "$venv/bin/python" -c '' 2>/dev/null; then
+        _setup_say "creating the virtual environment $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv" || return 1
+    fi
+    _setup_say "installing apex-tools and its test extra into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${APEX_REPO}[test]" || return 1
+    # Written last (and via rename): an interrupted install leaves no stamp, so it is redone.
+    echo "$want $("$venv/bin/python" -c 'import sys; print(sys.version)')" >"$stamp.tmp" && mv "$stamp.tmp" "$stamp"
+}
+
+# A Docker engine answering on its socket. A running one is left alone; otherwise dockerd is
+# started in the background as DESIGN.md says: never with its default bridge (172.17.x is
+# off-limits here), so builds and containers use --network host.
+ensure_docker() {
+    docker info >/dev/null 2>&1 && return 0
+    command -v dockerd >/dev/null || {
+        _setup_fail "no Docker engine answers and dockerd is not installed" "apt-get install docker.io"
+        return 1
+    }
+    if ((EUID != 0)); then
+        _setup_fail "no Docker engine answers on ${DOCKER_HOST:-/var/run/docker.sock}" \
+            "start it as root: dockerd --bridge=none --iptables=false --ip-masq=false"
+        return 1
+    fi
+    _setup_say "starting dockerd (log: $APEX_DOCKERD_LOG)"
+    # setsid + nohup: the engine outlives this shell, as a service would.
+    setsid nohup dockerd --bridge=none --iptables=false --ip-masq=false \
+        >>"$APEX_DOCKERD_LOG" 2>&1 </dev/null &
+    local pid=$! waited=0
+    until docker info >/dev/null 2>&1; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$APEX_DOCKERD_LOG" >&2
+            _setup_fail "dockerd exited at start (pid $pid)" "read $APEX_DOCKERD_LOG"
+            return 1
+        fi
+        if ((waited >= 120)); then
+            _setup_fail "dockerd (pid $pid) did not answer within 60 s" "read $APEX_DOCKERD_LOG"
+            return 1
+        fi
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    _setup_say "dockerd is up (pid $pid)"
+}
