@@ -31,12 +31,13 @@ def not_built(target: str, issue: str) -> TargetFn:
 
 def registry() -> dict[str, TargetFn]:
     """Target name → implementation. Imported lazily so one target's imports never slow another."""
+    from .containers import patch_containers
     from .push_registry import push_registry
 
     return {
         "fetch-images": not_built("fetch-images", "issue 3"),
         "undercloud": not_built("undercloud", "no issue yet"),
-        "patch-containers": not_built("patch-containers", "issue 4"),
+        "patch-containers": patch_containers,
         "ceph-loop": not_built("ceph-loop", "issue 6"),
         "push-registry": push_registry,
         "deploy": not_built("deploy", "no issue yet"),

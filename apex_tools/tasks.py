@@ -111,13 +111,14 @@ def undercloud(
     run_targets(c, ["undercloud"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
 
 
-@task(help=_help())
+@task(help=_help(no_fetch="Use the cached Gerrit patches and upstream lookups only; never contact them."))
 def patch_containers(
-    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
-    json: bool = False,
+    c: Context, force: bool = False, no_fetch: bool = False, dry_run: bool = False, verbose: bool = False,
+    quiet: bool = False, json: bool = False,
 ) -> None:
     """Sort overcloud patches; write a Dockerfile per image to rebuild and the patches archive."""
-    run_targets(c, ["patch-containers"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+    run_targets(c, ["patch-containers"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                flags={"no_fetch": no_fetch or None})
 
 
 @task(help=_help())
