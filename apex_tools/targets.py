@@ -32,10 +32,11 @@ def not_built(target: str, issue: str) -> TargetFn:
 def registry() -> dict[str, TargetFn]:
     """Target name → implementation. Imported lazily so one target's imports never slow another."""
     from .containers import patch_containers
+    from .images import fetch_images
     from .push_registry import push_registry
 
     return {
-        "fetch-images": not_built("fetch-images", "issue 3"),
+        "fetch-images": fetch_images,
         "undercloud": not_built("undercloud", "no issue yet"),
         "patch-containers": patch_containers,
         "ceph-loop": not_built("ceph-loop", "issue 6"),

@@ -1,0 +1,663 @@
+"""Cached downloads of large upstream files: revalidated, resumable, verified, written atomically.
+
+A cached file ``<dir>/<name>`` keeps the validators of the upstream version it holds in
+``<dir>/<name>.meta.json`` (URL, ETag, Last-Modified, size, verified digests, and the local
+file's own size and mtime so a replaced file is noticed). A download streams into
+``<dir>/.<name>.partial`` (with ``.<name>.partial.json`` saying which upstream version it
+is), so an interrupted run never leaves a file that looks cached, and the next attempt, or
+the next run, resumes it with ``Range`` + ``If-Range``. Upstream may be ``http(s)://``,
+``file://`` or a plain folder (an offline mirror).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import filelock
+import requests
+import urllib3
+
+from . import __version__
+from .errors import DownloadError
+from .run import ProgressFactory, null_progress
+from .state import _fsync_dir, atomic_write
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+# Sidecars looked for next to an upstream file, strongest first (RDO publishes .md5).
+SIDECARS = ("sha256", "md5")
+# Transient by nature: the server asks us to come back (429, 503) or failed this once (5xx).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+# Read errors that mean "the connection broke", as opposed to local I/O errors (disk full).
+NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts per request, exponential backoff, the longest wait, timeouts."""
+
+    tries: int = 5
+    backoff: float = 1.0
+    max_wait: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` (1-based)."""
+        return min(self.max_wait, self.backoff * 2 ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class Validators:
+    """One upstream version of a file, and (once cached) the local copy's stat."""
+
+    url: str
+    etag: str = ""
+    last_modified: str = ""
+    size: int = -1
+    digests: dict[str, str] = field(default_factory=dict)
+    mtime_ns: int = 0
+
+    def if_range(self) -> str:
+        """The validator for ``If-Range``: a strong ETag, else Last-Modified, else none."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def identity(self) -> dict[str, object]:
+        """What names this upstream version (for fingerprints and unpack records)."""
+        return {"url": self.url, "etag": self.etag, "last_modified": self.last_modified, "size": self.size,
+                "digests": dict(sorted(self.digests.items()))}
+
+
+@dataclass
+class Fetched:
+    """What happened to one artifact: downloaded, resumed or up to date, with numbers."""
+
+    name: str
+    path: Path
+    action: str
+    validators: Validators
+    received: int = 0
+    seconds: float = 0.0
+    resumed_from: int = 0
+    verified: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "up to date"
+
+    def detail(self) -> str:
+        """One line for the summary table."""
+        if not self.changed:
+            return self.note
+        rate = self.received / self.seconds if self.seconds > 0 else 0.0
+        parts = []
+        if self.resumed_from:
+            parts.append(f"from {human_size(self.resumed_from)} of {human_size(self.validators.size)}")
+        parts.append(f"{human_size(self.received)} in {self.seconds:.1f}s ({human_size(rate)}/s)")
+        parts.append(", ".join(self.verified) if self.verified else "no checksum published")
+        return "; ".join(parts)
+
+
+def human_size(n: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+def meta_path(dest: Path) -> Path:
+    """Where the validators of ``dest`` live."""
+    return dest.with_name(dest.name + ".meta.json")
+
+
+def partial_path(dest: Path) -> Path:
+    """Where a download of ``dest`` streams to before it is verified and renamed."""
+    return dest.with_name(f".{dest.name}.partial")
+
+
+def _partial_meta_path(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.partial.json")
+
+
+def _read_validators(path: Path) -> Validators | None:
+    try:
+        return Validators(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _write_validators(path: Path, validators: Validators) -> None:
+    atomic_write(path, json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n")
+
+
+def cached_validators(dest: Path) -> Validators | None:
+    """The validators of the cached ``dest``, or None when it is missing or not the file we wrote."""
+    validators = _read_validators(meta_path(dest))
+    try:
+        st = dest.stat()
+    except FileNotFoundError:
+        return None
+    if validators is None or (st.st_size, st.st_mtime_ns) != (validators.size, validators.mtime_ns):
+        return None
+    return validators
+
+
+def local_source(url: str) -> Path | None:
+    """The path of a ``file://`` URL or a plain path; None for a network URL."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if not parsed.scheme:
+        return Path(url).expanduser()
+    return None
+
+
+def join_url(base: str, name: str) -> str:
+    """``base`` (a folder URL or path, with or without a trailing slash) plus ``name``."""
+    return base.rstrip("/") + "/" + name
+
+
+def parse_sidecar(text: str, name: str, algo: str) -> str | None:
+    """The hex digest for ``name`` in a ``<hex>  <name>`` (or bare ``<hex>``) checksum file."""
+    length = hashlib.new(algo).digest_size * 2
+    for line in text.splitlines():
+        words = line.split()
+        if not words or not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", words[0]):
+            continue
+        listed = words[1].lstrip("*").rsplit("/", 1)[-1] if len(words) > 1 else None
+        if listed in (None, name):
+            return words[0].lower()
+    return None
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_range(response: requests.Response) -> tuple[int, int] | None:
+    """``(start, total)`` of a 206 reply's ``Content-Range: bytes start-end/total``."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", "").strip())
+    if not match:
+        return None
+    total = int(match.group(3)) if match.group(3) != "*" else -1
+    return int(match.group(1)), total
+
+
+class _Hashes:
+    """Incremental digests of the bytes written so far (only the algorithms that will be checked)."""
+
+    def __init__(self, algos: tuple[str, ...]) -> None:
+        self.algos = algos
+        self.reset()
+
+    def reset(self) -> None:
+        self.hashers = {a: hashlib.new(a) for a in self.algos}
+        self.count = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        for hasher in self.hashers.values():
+            hasher.update(data)
+        self.count += len(data)
+
+    def update_from(self, path: Path) -> None:
+        """Hash what an earlier attempt already wrote (before resuming after it)."""
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                self.update(chunk)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in self.hashers.items()}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A digest the file must have and where the requirement came from."""
+
+    algo: str
+    hexdigest: str
+    source: str
+
+
+@dataclass
+class _Body:
+    """One download in progress: what it must match, its running digests, what this run received."""
+
+    expected: list[Expected]
+    hashes: _Hashes
+    received: int = 0
+    resumed_from: int = 0
+    validators: Validators = field(default_factory=lambda: Validators(""))
+
+    def begin(self, start: int, partial: Path) -> None:
+        """Line the digests up with the partial file before its bytes from ``start`` on arrive."""
+        if start == 0:
+            self.resumed_from = 0
+        elif self.resumed_from == 0:
+            self.resumed_from = start
+        if self.hashes.count != start:
+            # Hash what an earlier run (or a restarted attempt) left in the partial file.
+            self.hashes.reset()
+            if start:
+                self.hashes.update_from(partial)
+
+    def add(self, chunk: bytes) -> None:
+        self.hashes.update(chunk)
+        self.received += len(chunk)
+
+
+class _Transient(Exception):
+    """An attempt failed in a way worth retrying; ``wait`` is what the server asked for, if anything.
+
+    ``restart`` means the partial file cannot be continued and the next attempt starts from zero.
+    """
+
+    def __init__(self, problem: str, wait: float | None = None, restart: bool = False) -> None:
+        super().__init__(problem)
+        self.problem, self.wait, self.restart = problem, wait, restart
+
+
+@contextlib.contextmanager
+def artifact_lock(dest: Path) -> Iterator[None]:
+    """Hold the per-artifact lock so two runs never write the same file; wait for the other run."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(dest.with_name(f".{dest.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("%s: another run is fetching it; waiting for it to finish", dest.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def default_session() -> requests.Session:
+    """A session that asks for the bytes as they are (no transfer compression of multi-GB files)."""
+    session = requests.Session()
+    session.headers.update({"User-Agent": f"apex-tools/{__version__}", "Accept-Encoding": "identity"})
+    return session
+
+
+class Downloader:
+    """Fetches upstream files into a cache folder; the HTTP session and the waiting are injectable."""
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        policy: RetryPolicy | None = None,
+        progress: ProgressFactory = null_progress,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.session = session or default_session()
+        self.policy = policy or RetryPolicy()
+        self.progress = progress
+        self.sleep = sleep
+
+    # ---- check and plan -------------------------------------------------------------------
+
+    def plan(self, url: str, dest: Path, *, offline: bool = False, force: bool = False) -> str | None:
+        """Why ``dest`` would be fetched, or None when it is current (a conditional HEAD at most)."""
+        cached = cached_validators(dest)
+        if offline:
+            if cached or dest.is_file():
+                return None
+            return f"{dest.name}: not cached and --no-fetch is set: a real run fails (it would come from {url})"
+        if force:
+            return f"{dest.name}: download again from {url} (--force)"
+        if cached is None:
+            return f"{dest.name}: download from {url} (not cached)"
+        source = local_source(url)
+        if source is not None:
+            stamp = _local_stamp(source)
+            return None if stamp == cached.etag else f"{dest.name}: copy from {source} (source changed)"
+        try:
+            response = self.session.head(url, headers=_conditional(cached), allow_redirects=True, timeout=self._timeout())
+        except NETWORK_ERRORS as exc:
+            return f"{dest.name}: revalidate with {url} (unreachable now: {exc.__class__.__name__})"
+        if response.status_code == 304:
+            return None
+        if response.ok:
+            return f"{dest.name}: download from {url} ({_what_changed(cached, response)})"
+        return f"{dest.name}: revalidate with {url} (HEAD answered HTTP {response.status_code})"
+
+    # ---- fetch ----------------------------------------------------------------------------
+
+    def fetch(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        pinned: Mapping[str, str] | None = None,
+        offline: bool = False,
+        force: bool = False,
+    ) -> Fetched:
+        """Make ``dest`` hold the current, verified upstream ``url``; raise DownloadError if it can't."""
+        dest = Path(dest)
+        with artifact_lock(dest):
+            # Read the cache only under the lock: another run may have just finished it.
+            cached = None if force else cached_validators(dest)
+            if offline:
+                return self._offline(url, dest, cached)
+            source = local_source(url)
+            if source is not None:
+                return self._fetch_local(source, url, dest, cached, pinned or {})
+            return self._fetch_http(url, dest, cached, pinned or {})
+
+    def _offline(self, url: str, dest: Path, cached: Validators | None) -> Fetched:
+        if cached is not None:
+            return Fetched(dest.name, dest, "up to date", cached, note="cached; not revalidated (--no-fetch)")
+        if dest.is_file():
+            log.warning("%s: using a file with no download record (--no-fetch): it is not verified", dest)
+            return Fetched(dest.name, dest, "up to date", Validators(url, size=dest.stat().st_size),
+                           note="present, never verified (--no-fetch)")
+        raise DownloadError(
+            f"{dest.name} is not cached in {dest.parent} and --no-fetch forbids downloading it from {url}",
+            "run once without --no-fetch (or APEX_NO_FETCH=0), or put the file there by hand",
+        )
+
+    def _fetch_http(self, url: str, dest: Path, cached: Validators | None, pinned: Mapping[str, str]) -> Fetched:
+        mismatches: list[tuple[Expected, str]] = []
+        for attempt in (1, 2):
+            started = time.monotonic()
+            # A second attempt (after a checksum mismatch) starts from zero, unconditionally.
+            outcome = self._transfer(url, dest, cached if attempt == 1 else None, fresh=attempt > 1, pinned=pinned)
+            if outcome is None:
+                assert cached is not None
+                log.info("%s: up to date (upstream answered 304 Not Modified)", dest.name)
+                return Fetched(dest.name, dest, "up to date", cached, note="up to date (304 Not Modified)")
+            digests = outcome.hashes.hexdigests()
+            bad = [(e, digests[e.algo]) for e in outcome.expected if digests[e.algo] != e.hexdigest]
+            if not bad:
+                verified = [f"{e.algo} verified ({e.source})" for e in outcome.expected]
+                checked = {e.algo: e.hexdigest for e in outcome.expected}
+                final = self._commit(dest, replace(outcome.validators, digests=checked))
+                action = "resumed" if outcome.resumed_from else "downloaded"
+                log.info("%s: %s, %s", dest.name, action, human_size(outcome.received))
+                return Fetched(dest.name, dest, action, final, outcome.received, time.monotonic() - started,
+                               outcome.resumed_from, verified)
+            mismatches += bad
+            _discard_partial(dest)
+            log.warning("%s: %s mismatch (expected %s, got %s); downloading once more", dest.name,
+                        bad[0][0].algo, bad[0][0].hexdigest, bad[0][1])
+        first, second = mismatches[0], mismatches[-1]
+        raise DownloadError(
+            f"{url}: {first[0].algo} mismatch twice: expected {first[0].hexdigest} ({first[0].source}), "
+            f"got {first[1]} then {second[1]}",
+            "upstream's file or its checksum is wrong or being replaced; try again later, or check the pinned "
+            "hash in fetch.*_sha256",
+        )
+
+    def _transfer(
+        self, url: str, dest: Path, cached: Validators | None, *, fresh: bool, pinned: Mapping[str, str]
+    ) -> _Body | None:
+        """Stream ``url`` into the partial file, resuming and retrying; None on 304 Not Modified."""
+        partial, partial_meta = partial_path(dest), _partial_meta_path(dest)
+        resuming = None if fresh else _read_validators(partial_meta)
+        if resuming is None or resuming.url != url or not partial.exists():
+            _discard_partial(dest)
+            resuming = None
+        body: _Body | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = _conditional(cached) if attempt == 1 else {}
+            offset = partial.stat().st_size if resuming and partial.exists() else 0
+            if offset and resuming and resuming.if_range():
+                headers.update({"Range": f"bytes={offset}-", "If-Range": resuming.if_range()})
+            try:
+                response = self.session.get(url, headers=headers, stream=True, timeout=self._timeout())
+            except NETWORK_ERRORS as exc:
+                problem, wait = f"cannot connect ({exc.__class__.__name__}: {exc})", None
+            else:
+                with response:
+                    try:
+                        if self._check_status(url, response) == 304:
+                            _discard_partial(dest)
+                            return None
+                        if body is None:
+                            # Learn which digests to check before the body starts: hashing costs
+                            # throughput, so only what will be checked is hashed.
+                            expected = self._expected(url, dest.name, pinned)
+                            body = _Body(expected, _Hashes(tuple(sorted({e.algo for e in expected}))))
+                        start, total, resuming = _accept(url, response, offset if "Range" in headers else 0, resuming)
+                        _write_validators(partial_meta, resuming)
+                        body.begin(start, partial)
+                        self._write_body(response, partial, start, total, body, dest.name)
+                        body.validators = resuming
+                        return body
+                    except _Transient as exc:
+                        problem, wait = exc.problem, exc.wait
+                        if exc.restart:
+                            _discard_partial(dest)
+                            resuming = None
+            if attempt >= self.policy.tries:
+                raise DownloadError(
+                    f"{url}: {problem}; gave up after {attempt} tries",
+                    "check that upstream.images_url is reachable from here; raise fetch.tries or fetch.max_wait "
+                    "for a flaky link (the partial download is kept and resumed next time)",
+                )
+            delay = self.policy.delay(attempt) if wait is None else wait
+            log.warning("%s: %s; trying again in %.1fs (%d/%d)", dest.name, problem, delay, attempt,
+                        self.policy.tries)
+            self.sleep(delay)
+
+    def _check_status(self, url: str, response: requests.Response) -> int:
+        """Pass 200/206/304 through, turn retryable statuses into _Transient, fail on the rest."""
+        code = response.status_code
+        if code in (200, 206, 304, 416):
+            return code
+        problem = f"HTTP {code} {response.reason}"
+        if code in RETRY_STATUSES:
+            asked = retry_after(response)
+            if asked is not None and asked > self.policy.max_wait:
+                raise DownloadError(
+                    f"{url}: {problem}, and the server asks to come back in {asked:.0f}s",
+                    f"try again later, or raise fetch.max_wait above {asked:.0f} to wait for it",
+                )
+            raise _Transient(problem, asked)
+        hint = ("check upstream.images_url and the OpenStack version in the deploy settings"
+                if code in (403, 404, 410) else "check upstream.images_url")
+        raise DownloadError(f"{url}: HTTP {code} {response.reason}", hint)
+
+    def _write_body(
+        self, response: requests.Response, partial: Path, start: int, total: int, body: _Body, name: str
+    ) -> None:
+        """Append the body at ``start``; a broken or short body is a _Transient (resumable)."""
+        with self.progress(name, total if total >= 0 else None) as bar, _open_at(partial, start) as out:
+            bar.advance(start)
+            while True:
+                try:
+                    # read1: whatever has arrived, so a stall loses nothing already received.
+                    chunk = response.raw.read1(CHUNK)
+                except NETWORK_ERRORS as exc:
+                    raise _Transient(f"connection dropped after {human_size(body.hashes.count)} "
+                                     f"({exc.__class__.__name__})") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                body.add(chunk)
+                bar.advance(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if total >= 0 and body.hashes.count != total:
+            raise _Transient(f"body ended at {human_size(body.hashes.count)} of {human_size(total)}")
+
+    def _expected(self, url: str, name: str, pinned: Mapping[str, str]) -> list[Expected]:
+        """Digests to check: a pinned one from config, then upstream's sidecars."""
+        expected = [Expected(algo, value.lower(), "pinned in config") for algo, value in pinned.items() if value]
+        for algo in SIDECARS:
+            text = self._small_get(f"{url}.{algo}")
+            if text is None:
+                continue
+            digest = parse_sidecar(text, name, algo)
+            if digest is None:
+                raise DownloadError(f"{url}.{algo}: no {algo} digest for {name} in it",
+                                    "upstream's checksum file is malformed; report it upstream")
+            expected.append(Expected(algo, digest, f"{url}.{algo}"))
+        return expected
+
+    def _small_get(self, url: str) -> str | None:
+        """A small text file (a checksum sidecar), retried; None when upstream has none."""
+        for attempt in range(1, self.policy.tries + 1):
+            try:
+                response = self.session.get(url, timeout=self._timeout())
+                if response.status_code in (403, 404, 410):
+                    return None
+                self._check_status(url, response)
+                return response.text
+            except NETWORK_ERRORS as exc:
+                problem, wait = f"cannot fetch ({exc.__class__.__name__})", None
+            except _Transient as exc:
+                problem, wait = exc.problem, exc.wait
+            if attempt == self.policy.tries:
+                raise DownloadError(f"{url}: {problem}; gave up after {attempt} tries",
+                                    "check that upstream.images_url is reachable; raise fetch.tries")
+            self.sleep(self.policy.delay(attempt) if wait is None else wait)
+        return None  # pragma: no cover - the loop returns or raises
+
+    def _commit(self, dest: Path, validators: Validators) -> Validators:
+        """Rename the verified partial into place and record its validators beside it."""
+        os.replace(partial_path(dest), dest)
+        _fsync_dir(dest.parent)
+        st = dest.stat()
+        final = replace(validators, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        _write_validators(meta_path(dest), final)
+        with contextlib.suppress(FileNotFoundError):
+            _partial_meta_path(dest).unlink()
+        return final
+
+    # ---- local sources (file:// and folders) ----------------------------------------------
+
+    def _fetch_local(
+        self, source: Path, url: str, dest: Path, cached: Validators | None, pinned: Mapping[str, str]
+    ) -> Fetched:
+        if not source.is_file():
+            raise DownloadError(f"{dest.name}: {source} does not exist (from {url})",
+                                "check upstream.images_url: it points at a local folder without this file")
+        stamp = _local_stamp(source)
+        if cached is not None and cached.etag == stamp and cached.url == url:
+            return Fetched(dest.name, dest, "up to date", cached, note="up to date (local source unchanged)")
+        expected = [Expected(a, v.lower(), "pinned in config") for a, v in pinned.items() if v]
+        for algo in SIDECARS:
+            sidecar = source.with_name(f"{source.name}.{algo}")
+            if sidecar.is_file():
+                digest = parse_sidecar(sidecar.read_text(), source.name, algo)
+                if digest is None:
+                    raise DownloadError(f"{sidecar}: no {algo} digest for {source.name} in it",
+                                        "fix or remove the checksum file")
+                expected.append(Expected(algo, digest, str(sidecar)))
+        started = time.monotonic()
+        hashes = _Hashes(tuple(sorted({e.algo for e in expected})))
+        size = source.stat().st_size
+        _discard_partial(dest)
+        with source.open("rb") as src, self.progress(dest.name, size) as bar, _open_at(partial_path(dest), 0) as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                hashes.update(chunk)
+                bar.advance(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        digests = hashes.hexdigests()
+        for e in expected:
+            if digests[e.algo] != e.hexdigest:
+                _discard_partial(dest)
+                raise DownloadError(f"{source}: {e.algo} mismatch: expected {e.hexdigest} ({e.source}), "
+                                    f"got {digests[e.algo]}", "the mirror's file or its checksum is wrong")
+        validators = Validators(url, etag=stamp, size=size, digests={e.algo: e.hexdigest for e in expected})
+        final = self._commit(dest, validators)
+        return Fetched(dest.name, dest, "downloaded", final, size, time.monotonic() - started,
+                       verified=[f"{e.algo} verified ({e.source})" for e in expected])
+
+    def _timeout(self) -> tuple[float, float]:
+        return (self.policy.connect_timeout, self.policy.read_timeout)
+
+
+def _local_stamp(source: Path) -> str:
+    # A local mirror's own size and mtime, compared only with themselves, never with ours.
+    st = source.stat()
+    return f"local:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _conditional(cached: Validators | None) -> dict[str, str]:
+    """``If-None-Match`` / ``If-Modified-Since`` from the cached version's validators."""
+    headers = {}
+    if cached and cached.etag and not cached.etag.startswith("local:"):
+        headers["If-None-Match"] = cached.etag
+    if cached and cached.last_modified:
+        headers["If-Modified-Since"] = cached.last_modified
+    return headers
+
+
+def _what_changed(cached: Validators, response: requests.Response) -> str:
+    etag, modified = response.headers.get("ETag", ""), response.headers.get("Last-Modified", "")
+    if etag and cached.etag and etag != cached.etag:
+        return f"upstream changed: ETag {cached.etag} → {etag}"
+    if modified and cached.last_modified and modified != cached.last_modified:
+        return f"upstream changed: Last-Modified {cached.last_modified} → {modified}"
+    return "upstream cannot be revalidated"
+
+
+def _accept(url: str, response: requests.Response, offset: int, started_with: Validators | None
+            ) -> tuple[int, int, Validators]:
+    """Where this reply's body starts and the full size; a 206 must start exactly at ``offset``."""
+    headers = response.headers
+    if response.status_code == 206:
+        found = _content_range(response)
+        if found is None or found[0] != offset or (started_with and started_with.size not in (-1, found[1])):
+            # Not the continuation we asked for: throw the partial away and start over.
+            raise _Transient(f"server resumed at the wrong place (Content-Range {headers.get('Content-Range')!r}, "
+                             f"wanted byte {offset}); starting over", 0.0, restart=True)
+        base = started_with or Validators(url)
+        return offset, found[1], replace(base, etag=headers.get("ETag", base.etag),
+                                         last_modified=headers.get("Last-Modified", base.last_modified),
+                                         size=found[1])
+    if response.status_code == 416:
+        raise _Transient("server refused the resume range (416); starting over", 0.0, restart=True)
+    length = int(headers.get("Content-Length", -1) or -1)
+    return 0, length, Validators(url, headers.get("ETag", ""), headers.get("Last-Modified", ""), length)
+
+
+@contextlib.contextmanager
+def _open_at(path: Path, offset: int) -> Iterator[BinaryIO]:
+    """The partial file opened for writing at ``offset``, with anything after it cut off."""
+    mode = "r+b" if offset and path.exists() else "wb"
+    with path.open(mode) as handle:
+        handle.seek(offset)
+        handle.truncate()
+        yield handle
+
+
+def _discard_partial(dest: Path) -> None:
+    for path in (partial_path(dest), _partial_meta_path(dest)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
