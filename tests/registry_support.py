@@ -102,7 +102,8 @@ def push_index(client: RegistryClient, repository: str, tag: str, children: list
 
 @dataclass
 class Proxy:
-    """A loopback HTTP proxy in front of a registry; ``fail(predicate, times)`` injects 500s."""
+    """A loopback HTTP proxy in front of a registry; ``fail(predicate, times, status)`` injects
+    error answers (status 0: the connection is dropped without one)."""
 
     upstream: str
     address: str = ""
@@ -156,6 +157,9 @@ def _handler(proxy: Proxy) -> type[http.server.BaseHTTPRequestHandler]:
             injected = proxy._injected(self.command, self.path)
             if injected is not None:
                 status, headers = injected
+                if status == 0:  # drop the connection without an answer
+                    self.close_connection = True
+                    return
                 payload = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'
                 self.send_response(status)
                 for key, value in headers.items():

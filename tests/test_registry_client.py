@@ -76,8 +76,8 @@ def test_error_names_registry_repository_reference_and_status(registry):
 
 @pytest.mark.parametrize(
     "status, headers, min_wait",
-    [(503, {}, 0.0), (500, {}, 0.0), (429, {"Retry-After": "1"}, 1.0)],
-    ids=["503-then-ok", "500-then-ok", "429-retry-after-1s"],
+    [(503, {}, 0.0), (500, {}, 0.0), (429, {"Retry-After": "1"}, 1.0), (0, {}, 0.0)],
+    ids=["503-then-ok", "500-then-ok", "429-retry-after-1s", "dropped-connection-then-ok"],
 )
 def test_transient_failures_are_retried(registry, status, headers, min_wait):
     with run_proxy(registry.url) as proxy:
@@ -177,3 +177,14 @@ def test_basic_auth_with_htpasswd_and_docker_config(registry_factory, tmp_path, 
     with pytest.raises(RegistryHTTPError) as caught:
         RegistryClient(registry.address, tls="http").head_manifest("apex/b", "v1")
     assert caught.value.status == 401
+
+
+def test_rejected_token_gets_exactly_one_reauthentication(token_registry):
+    registry, tokens = token_registry
+    client = RegistryClient(registry.address, tls="http", credentials=Credentials("apex", "s3cret"))
+    push_image(client, "apex/t", "v1", [layer_blob("t", 100)])
+    scope = "repository:apex/t:pull"
+    client.tokens.put(scope, "not-a-valid-token", time.time() + 3600)
+    issued = len(tokens.issued)
+    assert client.head_manifest("apex/t", "v1") is not None
+    assert len(tokens.issued) == issued + 1, "the rejected token was replaced once"

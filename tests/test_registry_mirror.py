@@ -127,3 +127,25 @@ def test_engine_built_images_sharing_a_base_mirror_with_their_digests(docker_cli
     # The engine pulls the mirrored image back: the copy is complete and valid.
     pulled = docker_client.images.pull(f"{local.address}/{names[0]}", tag="current-tripleo")
     assert pulled.attrs["RepoDigests"]
+
+
+def test_mirror_from_a_registry_that_needs_a_token(registry_factory, tmp_path):
+    from apex_tools.registry.auth import Credentials
+    from registry_support import run_token_server
+
+    with run_token_server(tmp_path / "tokens", {"apex": "pw"}) as tokens:
+        upstream = registry_factory("upstream", tokens.registry_config())
+        local = registry_factory("local")
+        pusher = RegistryClient(upstream.address, tls="http", credentials=Credentials("apex", "pw"))
+        base = layer_blob("base", 5000)
+        names = [f"tripleomaster/svc{i}" for i in range(3)]
+        for name in names:
+            push_image(pusher, name, "current-tripleo", [base, layer_blob(name, 700)])
+        # Mirroring pulls anonymously (pull tokens), as from a public upstream.
+        anonymous = RegistryClient(upstream.address, tls="http")
+        local_client = RegistryClient(local.address, tls="http")
+        results = Mirror(_clients(anonymous, local_client), jobs=3).copy_all(_jobs(upstream, local, names))
+        assert [r.status for r in results] == [MIRRORED] * 3
+        assert all(s.endswith(":pull") for s in tokens.issued[-3:])
+        for name in names:
+            assert local_client.head_manifest(name, "current-tripleo") == pusher.head_manifest(name, "current-tripleo")
