@@ -31,6 +31,7 @@ def not_built(target: str, issue: str) -> TargetFn:
 
 def registry() -> dict[str, TargetFn]:
     """Target name → implementation. Imported lazily so one target's imports never slow another."""
+    from .ceph import ceph_loop
     from .containers import patch_containers
     from .images import fetch_images
     from .push_registry import push_registry
@@ -39,7 +40,7 @@ def registry() -> dict[str, TargetFn]:
         "fetch-images": fetch_images,
         "undercloud": not_built("undercloud", "no issue yet"),
         "patch-containers": patch_containers,
-        "ceph-loop": not_built("ceph-loop", "issue 6"),
+        "ceph-loop": ceph_loop,
         "push-registry": push_registry,
         "deploy": not_built("deploy", "no issue yet"),
     }
