@@ -110,7 +110,9 @@ def push_registry(run: RunContext) -> TargetResult:
     registry_action = plan_local_registry(local, local_client, options.registry.start)
     heads = _heads(images, clients, registry_action is None, options.jobs)
     by_local_ref = {str(h.image.target): h for h in heads}
-    rebuilds = find_rebuilds(work_dir / "containers", local)
+    record = run.state.load("patch-containers")
+    planned = record.data.get("rebuild") if record is not None else None
+    rebuilds = find_rebuilds(work_dir / "containers", local, planned if isinstance(planned, dict) else None)
     rebuild_names = {r.image for r in rebuilds}
 
     def base_digest(ref: ImageRef) -> str | None:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +67,23 @@ def key_tag(base_digest: str, context: str) -> str:
     return "apex-" + hashlib.sha256(f"{base_digest}\n{context}".encode()).hexdigest()[:16]
 
 
-def find_rebuilds(containers: Path, local_registry: str) -> list[Rebuild]:
-    """Every ``<containers>/<image>/Dockerfile``, its base and its ``:apex`` ref in the local registry."""
+def find_rebuilds(containers: Path, local_registry: str, planned: Mapping[str, object] | None = None) -> list[Rebuild]:
+    """The images to rebuild, their bases and ``:apex`` refs in the local registry.
+
+    ``planned`` is patch-containers' recorded ``rebuild`` plan (image → details); without a
+    record every ``<containers>/<image>/Dockerfile`` counts.
+    """
+    if planned is None:
+        dockerfiles = sorted(containers.glob("*/Dockerfile"))
+    else:
+        dockerfiles = [containers / image / "Dockerfile" for image in sorted(planned)]
     rebuilds = []
-    for dockerfile in sorted(containers.glob("*/Dockerfile")):
-        match = _FROM.search(dockerfile.read_text())
+    for dockerfile in dockerfiles:
+        try:
+            match = _FROM.search(dockerfile.read_text())
+        except FileNotFoundError:
+            raise BuildError(f"{dockerfile}: missing, though patch-containers planned it",
+                             "re-run patch-containers (with --force) to regenerate it") from None
         if not match:
             raise BuildError(f"{dockerfile}: no FROM line", "re-run patch-containers to regenerate it")
         base = ImageRef.parse(match.group(1))
