@@ -33,7 +33,7 @@ import urllib3
 from . import __version__
 from .errors import DownloadError
 from .run import ProgressFactory, null_progress
-from .state import _fsync_dir, atomic_write
+from .state import _fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,11 @@ def _read_validators(path: Path) -> Validators | None:
 
 
 def _write_validators(path: Path, validators: Validators) -> None:
-    atomic_write(path, json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n")
+    # Renamed into place so it is never torn, but not fsynced: a record lost in a crash only
+    # means one download more (the file it describes no longer matches, or the partial restarts).
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def cached_validators(dest: Path) -> Validators | None:
@@ -430,7 +434,8 @@ class Downloader:
         attempt = 0
         while True:
             attempt += 1
-            headers = _conditional(cached) if attempt == 1 else {}
+            # Revalidate until a body arrives: a 5xx before it says nothing about a change.
+            headers = _conditional(cached) if body is None else {}
             offset = partial.stat().st_size if resuming and partial.exists() else 0
             if offset and resuming and resuming.if_range():
                 headers.update({"Range": f"bytes={offset}-", "If-Range": resuming.if_range()})
@@ -493,7 +498,8 @@ class Downloader:
         self, response: requests.Response, partial: Path, start: int, total: int, body: _Body, name: str
     ) -> None:
         """Append the body at ``start``; a broken or short body is a _Transient (resumable)."""
-        with self.progress(name, total if total >= 0 else None) as bar, _open_at(partial, start) as out:
+        size = total if total >= 0 else None
+        with self.progress(f"downloading {name}", size) as bar, _open_at(partial, start) as out:
             bar.advance(start)
             while True:
                 try:
@@ -548,12 +554,12 @@ class Downloader:
     def _commit(self, dest: Path, validators: Validators) -> Validators:
         """Rename the verified partial into place and record its validators beside it."""
         os.replace(partial_path(dest), dest)
-        _fsync_dir(dest.parent)
         st = dest.stat()
         final = replace(validators, size=st.st_size, mtime_ns=st.st_mtime_ns)
         _write_validators(meta_path(dest), final)
         with contextlib.suppress(FileNotFoundError):
             _partial_meta_path(dest).unlink()
+        _fsync_dir(dest.parent)
         return final
 
     # ---- local sources (file:// and folders) ----------------------------------------------
@@ -580,7 +586,8 @@ class Downloader:
         hashes = _Hashes(tuple(sorted({e.algo for e in expected})))
         size = source.stat().st_size
         _discard_partial(dest)
-        with source.open("rb") as src, self.progress(dest.name, size) as bar, _open_at(partial_path(dest), 0) as out:
+        with source.open("rb") as src, self.progress(f"copying {dest.name}", size) as bar, \
+                _open_at(partial_path(dest), 0) as out:
             while chunk := src.read(CHUNK):
                 out.write(chunk)
                 hashes.update(chunk)

@@ -22,14 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import free_port, stop_process
+
 LOG_FORMAT = '$request_method $uri $status $body_bytes_sent "$http_range" "$http_if_none_match"'
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -123,13 +118,7 @@ http {{
             time.sleep(0.05)
         yield Nginx(port, docroot, access, proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         err.close()
 
 

@@ -100,6 +100,15 @@ def serve(server: ScriptedServer, seed: str = "v1", md5: bool = True) -> dict[st
     return bodies
 
 
+def primed(tmp_path: Path, upstream: ScriptedServer) -> str:
+    """Serve the artifacts, fetch them once and forget those requests; returns the images_url."""
+    serve(upstream)
+    url = upstream.url + "/{os_version}/"
+    fetch_images(run_for(tmp_path, url))
+    upstream.log.clear()
+    return url
+
+
 def downloader(run: RunContext, waits: list[float]) -> Downloader:
     """The target's downloader with the waiting recorded instead of slept."""
     return Downloader(policy=retry_policy(run.options), sleep=waits.append)
@@ -234,6 +243,51 @@ def test_connection_cut_mid_body_is_resumed_from_where_it_stopped(tmp_path, upst
     assert gets[1].headers["Range"] == "bytes=100000-" and gets[1].headers["If-Range"] == gets[0].headers.get(
         "If-Range", upstream.files[f"/{OS}/{OC}"].etag)
     assert waits == [0.01]
+
+
+def test_a_download_that_gives_up_keeps_only_the_partial_and_the_next_run_resumes_it(tmp_path, upstream):
+    bodies = serve(upstream)
+    upstream.then(f"/{OS}/{OC}", ("cut", 100_000), ("cut", 50_000), ("cut", 50_000))
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    failed = fetch_images(run, downloader(run, []))
+    folder = tmp_path / "images" / OS
+    assert failed.status is Status.FAILED and "connection dropped after 195.3 KiB" in by_name(failed)[OC][1]
+    assert not (folder / OC).exists() and not (folder / "overcloud-full.qcow2").exists()
+    assert partial_path(folder / OC).stat().st_size == 200_000
+    upstream.log.clear()
+    result = fetch_images(run_for(tmp_path, upstream.url + "/{os_version}/"))
+    assert by_name(result)[OC][0] == "resumed" and by_name(result)[OC][1].startswith("from 195.3 KiB")
+    assert (folder / OC).read_bytes() == bodies[OC] and not partial_path(folder / OC).exists()
+    assert [(g.status, g.headers.get("Range")) for g in upstream.hits(f"/{OS}/{OC}")] == [(206, "bytes=200000-")]
+
+
+def test_a_server_ignoring_range_restarts_the_file_cleanly(tmp_path, upstream):
+    bodies = serve(upstream)
+    upstream.then(f"/{OS}/{OC}", ("cut", 100_000), ("ignore-range",))
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    result = fetch_images(run, downloader(run, []))
+    assert by_name(result)[OC][0] == "downloaded"
+    assert (tmp_path / "images" / OS / OC).read_bytes() == bodies[OC]
+    assert [g.status for g in upstream.hits(f"/{OS}/{OC}")] == [200, 200]
+
+
+def test_a_5xx_before_a_304_does_not_cost_a_download(tmp_path, upstream):
+    url = primed(tmp_path, upstream)
+    upstream.then(f"/{OS}/{OC}", ("status", 503))
+    run = run_for(tmp_path, url)
+    result = fetch_images(run, downloader(run, []))
+    assert result.status is Status.UP_TO_DATE
+    assert [(g.status, "If-None-Match" in g.headers) for g in upstream.hits(f"/{OS}/{OC}")] == [(503, True),
+                                                                                              (304, True)]
+
+
+def test_force_downloads_and_unpacks_again(tmp_path, upstream):
+    url = primed(tmp_path, upstream)
+    result = fetch_images(run_for(tmp_path, url, force=True))
+    assert result.status is Status.CHANGED
+    assert [i.status for i in result.items] == ["downloaded", "downloaded"]
+    assert sum(c.startswith("unpacked") for c in result.changes) == 2
+    assert all("If-None-Match" not in g.headers for g in upstream.hits(f"/{OS}/{OC}"))
 
 
 def test_a_stalled_read_times_out_and_is_resumed(tmp_path, upstream):
@@ -411,10 +465,8 @@ def test_a_tarball_with_dotdot_members_is_rejected_and_nothing_lands_outside(tmp
 
 
 def test_no_fetch_uses_the_cache_without_any_request(tmp_path, upstream):
-    serve(upstream)
-    fetch_images(run_for(tmp_path, upstream.url + "/{os_version}/"))
-    upstream.log.clear()
-    result = fetch_images(run_for(tmp_path, upstream.url + "/{os_version}/", no_fetch=True))
+    url = primed(tmp_path, upstream)
+    result = fetch_images(run_for(tmp_path, url, no_fetch=True))
     assert result.status is Status.UP_TO_DATE
     assert all("--no-fetch" in detail for _, detail in by_name(result).values())
     assert upstream.log == []
@@ -543,11 +595,9 @@ def test_backoff_doubles_and_is_capped():
 
 
 def test_a_replaced_cached_file_is_not_trusted(tmp_path, upstream):
-    serve(upstream)
-    fetch_images(run_for(tmp_path, upstream.url + "/{os_version}/"))
+    url = primed(tmp_path, upstream)
     (tmp_path / "images" / OS / IPA).write_bytes(b"someone else's file")
-    upstream.log.clear()
-    result = fetch_images(run_for(tmp_path, upstream.url + "/{os_version}/"))
+    result = fetch_images(run_for(tmp_path, url))
     assert by_name(result)[IPA][0] == "downloaded"
     ipa_gets = upstream.hits(f"/{OS}/{IPA}")
     assert len(ipa_gets) == 1 and "If-None-Match" not in ipa_gets[0].headers
