@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ WantedBy=multi-user.target
 RELABEL = """\
 if [ -f /etc/selinux/config ] && command -v setfiles >/dev/null 2>&1; then
     . /etc/selinux/config
-    setfiles -F "/etc/selinux/${{SELINUXTYPE:-targeted}}/contexts/files/file_contexts" {paths}
+    contexts="/etc/selinux/${{SELINUXTYPE:-targeted}}/contexts/files/file_contexts"
+    if [ -f "$contexts" ]; then setfiles -F "$contexts" {paths}; fi
 fi
 """
 
@@ -108,13 +110,6 @@ def source_image(run: RunContext) -> Path:
     from .images import overcloud_image
 
     return overcloud_image(run.options, run.os_version)
-
-
-def _missing_source(path: Path) -> ImageError:
-    return ImageError(
-        f"source image {path} is missing",
-        "run fetch-images first (or point image_dir at the folder holding <os_version>/overcloud-full.qcow2)",
-    )
 
 
 def _env_fingerprint(run: RunContext, device: str | None, cluster: storage_env.ClusterSecrets | None) -> str:
@@ -174,7 +169,7 @@ def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_pat
         ops.link(f"{UNIT_DIR}/{UNIT_NAME}", f"{WANTS_DIR}/{UNIT_NAME}")
         touched += [f"{UNIT_DIR}/{UNIT_NAME}", f"{WANTS_DIR}/{UNIT_NAME}"]
     if touched:
-        ops.run_command(RELABEL.format(paths=" ".join(touched)), "restore SELinux labels of the changed files")
+        ops.run_command(RELABEL.format(paths=" ".join(map(shlex.quote, touched))), "restore SELinux labels of the changed files")
     return ops
 
 
@@ -212,7 +207,10 @@ def ceph_loop(run: RunContext) -> TargetResult:
     if not source.is_file():
         if run.dry_run:
             return TargetResult(TARGET, Status.PLANNED, [f"customize {IMAGE_NAME} once fetch-images has fetched {source}"])
-        raise _missing_source(source)
+        raise ImageError(
+            f"source image {source} is missing",
+            "run fetch-images first (or point image_dir at the folder holding <os_version>/overcloud-full.qcow2)",
+        )
     pdir = patches_dir(run)
     patches = image_patches.load_manifest(pdir)
     loop = loop_device(run)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,11 +164,3 @@ class ChecksumCache:
         data[str(Path(file).resolve())] = {**self._key(st), "sha256": sha256}
         atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-
-def remove_quietly(path: Path) -> None:
-    """Remove a file or folder if it exists (cleanup after a failed step)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

@@ -192,8 +192,12 @@ def loop_run(base_qcow2: Path, launches: Launches, tmp_path_factory: pytest.Temp
     second = ceph_loop(context(values))
     after_second = launches.count()
     work = Path(str(values["work_dir"]))
+    env_before = (work / STORAGE_ENV).read_text()
+    # A pool setting only touches the storage environment, never the image.
+    third = ceph_loop(context({**values, "ceph": {"virtual": True, "pool_size": 3}}))
     return {
-        "first": first, "second": second, "root": root, "work": work,
+        "first": first, "second": second, "third": third, "root": root, "work": work,
+        "env_before": env_before, "launches_third": launches.count() - after_second,
         "launches_first": after_first - before, "launches_second": after_second - after_first,
         "source_unchanged": hashlib.sha256(source.read_bytes()).hexdigest() == source_sha,
         "inside": read_back(work / IMAGE_NAME),
@@ -235,9 +239,20 @@ def test_one_launch_then_up_to_date_without_launch(loop_run: dict) -> None:
 
 
 @pytest.mark.slow
+def test_storage_settings_change_rewrites_the_env_without_a_launch(loop_run: dict) -> None:
+    third = loop_run["third"]
+    assert third.status is Status.CHANGED and loop_run["launches_third"] == 0
+    assert {i.name: i.status for i in third.items} == {IMAGE_NAME: "up to date", STORAGE_ENV: "written"}
+    params = yaml.safe_load((loop_run["work"] / STORAGE_ENV).read_text())["parameter_defaults"]
+    before = yaml.safe_load(loop_run["env_before"])["parameter_defaults"]
+    assert params["CephPoolDefaultSize"] == 3 and before["CephPoolDefaultSize"] == 2
+    assert params["CephClusterFSID"] == before["CephClusterFSID"]  # same cluster identity
+
+
+@pytest.mark.slow
 def test_storage_environment_points_at_the_loop_device(loop_run: dict) -> None:
     env_file = loop_run["work"] / STORAGE_ENV
-    params = yaml.safe_load(env_file.read_text())["parameter_defaults"]
+    params = yaml.safe_load(loop_run["env_before"])["parameter_defaults"]
     assert params["CephAnsibleDisksConfig"] == {"devices": ["/dev/loop3"], "osd_scenario": "collocated", "journal_size": 512}
     assert params["CephAnsibleExtraConfig"]["ceph_osd_docker_memory_limit"] == "1g"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
