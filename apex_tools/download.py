@@ -390,6 +390,9 @@ class Downloader:
         )
 
     def _fetch_http(self, url: str, dest: Path, cached: Validators | None, pinned: Mapping[str, str]) -> Fetched:
+        if cached is not None and cached.url != url:
+            # Validators only mean something to the server that issued them.
+            cached = None
         mismatches: list[tuple[Expected, str]] = []
         for attempt in (1, 2):
             started = time.monotonic()
@@ -526,9 +529,13 @@ class Downloader:
             if text is None:
                 continue
             digest = parse_sidecar(text, name, algo)
+            if digest is None and "<html" in text.lower():
+                # Some mirrors answer a missing file with a 200 HTML page: that is "no sidecar".
+                log.warning("%s.%s is an HTML page, not a checksum file; ignoring it", url, algo)
+                continue
             if digest is None:
                 raise DownloadError(f"{url}.{algo}: no {algo} digest for {name} in it",
-                                    "upstream's checksum file is malformed; report it upstream")
+                                    "upstream's checksum file is malformed or lists other files; report it upstream")
             expected.append(Expected(algo, digest, f"{url}.{algo}"))
         return expected
 

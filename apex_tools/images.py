@@ -89,7 +89,13 @@ def fetch_images(run: RunContext, downloader: Downloader | None = None) -> Targe
             members, unpacked = [], False
             if artifact.is_tarball:
                 members, unpacked = unpack_if_changed(dest, folder, fetched.validators, force=run.force)
-        except (DownloadError, ImageError) as exc:
+        except (DownloadError, ImageError, OSError) as exc:
+            if isinstance(exc, OSError):
+                if exc.filename is None:
+                    raise
+                # The cache folder itself: full, read-only, or not ours.
+                exc = DownloadError(f"{exc.filename}: {exc.strerror}",
+                                    "check that image_dir is writable and has room for the images")
             log.error("%s: %s", artifact.name, exc)
             errors.append(exc)
             items.append(Item(artifact.name, "failed", str(exc)))
@@ -127,7 +133,8 @@ def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, 
             reason = unpack_reason(dest, dest.parent, cached_validators(dest), force=run.force)
         if reason:
             plan.append(reason)
-        items.append(Item(artifact.name, "planned" if reason else "up to date", reason or ""))
+        detail = reason.removeprefix(f"{artifact.name}: ") if reason else ""
+        items.append(Item(artifact.name, "planned" if reason else "up to date", detail))
     if not plan:
         return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], items)
     return TargetResult(TARGET, Status.PLANNED, plan, items)

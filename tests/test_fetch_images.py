@@ -609,3 +609,25 @@ def test_errors_are_download_errors_from_the_library(tmp_path, upstream):
     with pytest.raises(DownloadError, match=r"HTTP 500 Internal Server Error; gave up after 2 tries"):
         Downloader(policy=RetryPolicy(tries=2, backoff=0), sleep=lambda s: None).fetch(
             f"{upstream.url}/{OS}/{OC}", tmp_path / OC)
+
+
+def test_an_unusable_image_dir_fails_the_artifact_with_a_hint(tmp_path, upstream):
+    serve(upstream)
+    (tmp_path / "images").write_text("a file where the cache folder should be")
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    result = fetch_images(run, downloader(run, []))
+    assert result.status is Status.FAILED
+    status, detail = by_name(result)[OC]
+    assert status == "failed" and "Not a directory" in detail and "image_dir is writable" in detail
+
+
+@pytest.mark.parametrize("sidecar, outcome", [
+    (b"<!DOCTYPE html><html><body>Welcome to our mirror</body></html>", "no checksum published"),
+    (("0" * 32 + "  another-file.tar\n").encode(), "no md5 digest for ironic-python-agent.tar in it"),
+], ids=["html-soft-404-ignored", "sums-without-our-file-fails"])
+def test_a_sidecar_that_is_not_about_our_file(tmp_path, upstream, sidecar, outcome):
+    serve(upstream)
+    upstream.put(f"/{OS}/{IPA}.md5", sidecar)
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    result = fetch_images(run, downloader(run, []))
+    assert outcome in by_name(result)[IPA][1]
