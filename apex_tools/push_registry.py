@@ -71,11 +71,17 @@ class _Head:
     error: RegistryError | None = None
 
 
-def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int) -> list[_Head]:
-    """Upstream and local manifest digests of every image (one HEAD each side, in parallel)."""
+def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int,
+           silent: set[str]) -> list[_Head]:
+    """Upstream and local manifest digests of every image (one HEAD each side, in parallel).
+
+    Images of a ``silent`` upstream are not asked (each would wait through every retry).
+    """
 
     def head(image: DeploymentImage) -> _Head:
         found = _Head(image)
+        if image.source.registry in silent:
+            return found
         try:
             up = clients(image.source.registry).head_manifest(image.source.repository, image.source.reference)
             found.upstream = up[0] if up else None
@@ -108,7 +114,11 @@ def push_registry(run: RunContext) -> TargetResult:
 
     # -- check ---------------------------------------------------------------------------------
     registry_action = plan_local_registry(local, local_client, options.registry.start)
-    heads = _heads(images, clients, registry_action is None, options.jobs)
+    silent = {host for host in sorted({i.source.registry for i in images}) if not clients(host).ping()}
+    if silent and not run.dry_run:
+        raise RegistryError(f"upstream registry {', '.join(sorted(silent))} does not answer at /v2/",
+                            "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
+    heads = _heads(images, clients, registry_action is None, options.jobs, silent)
     by_local_ref = {str(h.image.target): h for h in heads}
     record = run.state.load("patch-containers")
     planned = record.data.get("rebuild") if record is not None else None
@@ -140,6 +150,7 @@ def push_registry(run: RunContext) -> TargetResult:
     # -- plan ----------------------------------------------------------------------------------
     to_copy = [h for h in heads if not (h.upstream and h.local == h.upstream)]
     plan = [registry_action] if registry_action else []
+    plan += [f"upstream registry {host} does not answer: a real run stops here" for host in sorted(silent)]
     if to_copy:
         plan.append(f"mirror {len(to_copy)} of {len(images)} images to {local} (not there, or upstream moved)")
     plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in actions if a.action != CURRENT]

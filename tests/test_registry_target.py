@@ -170,3 +170,17 @@ def test_missing_upstream_image_fails_the_target_naming_it(lab):
     assert [i.name for i in failed] == ["tripleomaster/centos-binary-heat-engine"]
     assert "not found upstream" in failed[0].detail
     assert not (lab["work"] / "docker-images.yaml").exists()
+
+
+def test_silent_upstream_is_planned_in_a_dry_run_and_stops_a_real_run(tmp_path):
+    from apex_tools.errors import RegistryError
+
+    upstream, local = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    data = {"work_dir": str(tmp_path / "work"), "registry": {"address": local},
+            "upstream": {"registry": upstream, "insecure": True, "ceph_registry": upstream}}
+    options = resolve([Layer("test", data)]).options
+    planned = push_registry(RunContext(options, dry_run=True))
+    assert f"upstream registry {upstream} does not answer: a real run stops here" in planned.changes
+    with pytest.raises(RegistryError, match=f"upstream registry {upstream} does not answer"):
+        push_registry(RunContext(options))
+    assert not RegistryClient(local, tls="http").ping(), "nothing was started"
