@@ -290,14 +290,15 @@ class _Transient(Exception):
 
 
 @contextlib.contextmanager
-def artifact_lock(dest: Path) -> Iterator[None]:
-    """Hold the per-artifact lock so two runs never write the same file; wait for the other run."""
+def artifact_lock(dest: Path, doing: str = "fetching") -> Iterator[None]:
+    """Hold a per-artifact lock so two runs never write the same files; wait for the other run."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(dest.with_name(f".{dest.name}.lock")))
+    suffix = "" if doing == "fetching" else f".{doing}"
+    lock = filelock.FileLock(str(dest.with_name(f".{dest.name}{suffix}.lock")))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        log.info("%s: another run is fetching it; waiting for it to finish", dest.name)
+        log.info("%s: another run is %s it; waiting for it to finish", dest.name, doing)
         lock.acquire()
     try:
         yield

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Options
-from .download import Downloader, RetryPolicy, Validators, cached_validators, join_url
+from .download import Downloader, RetryPolicy, Validators, artifact_lock, cached_validators, join_url
 from .errors import ApexError, DownloadError, ImageError
 from .run import Item, RunContext, Status, TargetResult
 from .state import atomic_write, fingerprint
@@ -176,16 +176,20 @@ def unpack_if_changed(
     tarball: Path, folder: Path, validators: Validators | None, *, force: bool = False
 ) -> tuple[list[str], bool]:
     """Unpack ``tarball`` into ``folder`` unless already done for this version; (member files, unpacked?)."""
-    reason = unpack_reason(tarball, folder, validators, force=force)
-    if reason is None:
-        return sorted(json.loads(_record_path(tarball).read_text())["members"]), False
-    log.info("%s", reason)
-    members = safe_unpack(tarball, folder)
-    tar_id = validators.identity() if validators else {"size": _stat(tarball)}
-    record = {"tarball": tar_id, "tarball_stat": _stat(tarball),
-              "members": {name: _stat(folder / name) for name in members}}
-    atomic_write(_record_path(tarball), json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return members, True
+    with artifact_lock(tarball, "unpacking"):
+        reason = unpack_reason(tarball, folder, validators, force=force)
+        if reason is None:
+            return sorted(json.loads(_record_path(tarball).read_text())["members"]), False
+        log.info("%s", reason)
+        for stale in folder.glob(f".unpack-{tarball.name}-*"):
+            # Left by a run that was killed mid-way (we hold the lock: nobody else is using it).
+            shutil.rmtree(stale, ignore_errors=True)
+        members = safe_unpack(tarball, folder)
+        tar_id = validators.identity() if validators else {"size": _stat(tarball)}
+        record = {"tarball": tar_id, "tarball_stat": _stat(tarball),
+                  "members": {name: _stat(folder / name) for name in members}}
+        atomic_write(_record_path(tarball), json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return members, True
 
 
 def check_members(tarball: Path, members: list[tarfile.TarInfo]) -> None:

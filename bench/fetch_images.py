@@ -167,9 +167,13 @@ def main() -> int:
                            capture_output=True)
             print(f"`apex fetch-images` re-run, whole command (process start included): "
                   f"{time.monotonic() - started:.2f}s, {len(nginx.requests())} HTTP requests")
-    ok = ratio >= 0.9 and warm < 0.3 and len(requests_made) == len(again.items) and again.status.value == "up to date"
-    print(f"goals (ratio >= 0.9, re-run < 0.3 s with one request per artifact): {'met' if ok else 'NOT met'}")
-    return 0
+    # Timings vary on a shared machine, so only they are reported; a re-run that is not a
+    # no-op of one request per artifact is a bug, and fails the benchmark.
+    idle = again.status.value == "up to date" and len(requests_made) == len(again.items)
+    fast = ratio >= 0.9 and warm < 0.3
+    print(f"goals: throughput ratio >= 0.9 and re-run < 0.3 s: {'met' if fast else 'NOT met'}; "
+          f"re-run is one request per artifact and up to date: {'yes' if idle else 'NO'}")
+    return 0 if idle else 1
 
 
 if __name__ == "__main__":

@@ -204,11 +204,15 @@ def test_a_deleted_unpacked_file_is_unpacked_again_without_downloading(tmp_path,
     fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/"))
     qcow2 = tmp_path / "images" / OS / "overcloud-full.qcow2"
     qcow2.unlink()
+    stale = tmp_path / "images" / OS / f".unpack-{OC}-killed"  # left by a run killed mid-unpack
+    stale.mkdir()
+    (stale / "overcloud-full.qcow2").write_bytes(b"half")
     nginx.clear_log()
     result = fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/"))
     assert result.status is Status.CHANGED and by_name(result)[OC][0] == "up to date"
     assert result.changes == [f"unpacked {OC}: overcloud-full.initrd, overcloud-full.qcow2, overcloud-full.vmlinuz"]
     assert qcow2.stat().st_size == OC_MEMBERS["overcloud-full.qcow2"]
+    assert not stale.exists()
     assert {r["status"] for r in nginx.requests()} == {304}
 
 
