@@ -264,7 +264,7 @@ def scripted_server() -> Iterator[ScriptedServer]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, name="scripted-upstream", daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="scripted-upstream", daemon=True)
     thread.start()
     try:
         yield state

@@ -635,3 +635,39 @@ def test_a_sidecar_that_is_not_about_our_file(tmp_path, upstream, sidecar, outco
     run = run_for(tmp_path, upstream.url + "/{os_version}/")
     result = fetch_images(run, downloader(run, []))
     assert outcome in by_name(result)[IPA][1]
+
+
+def test_progress_counts_every_byte_and_the_summary_gives_size_time_and_rate(tmp_path, upstream):
+    import contextlib
+    import re
+
+    bodies = serve(upstream)
+    upstream.then(f"/{OS}/{OC}", ("cut", 100_000))
+    bars: list[list] = []
+
+    class Bar:
+        def __init__(self, description, total):
+            self.row = [description, total, 0]
+            bars.append(self.row)
+
+        def advance(self, amount=1):
+            self.row[2] += amount
+
+        def set_total(self, total):
+            self.row[1] = total
+
+    @contextlib.contextmanager
+    def progress(description, total=None):
+        yield Bar(description, total)
+
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    run.progress = progress
+    result = fetch_images(run, Downloader(policy=retry_policy(run.options), progress=progress, sleep=lambda s: None))
+    size = len(bodies[OC])
+    # The resumed attempt's bar starts where the partial file ends and still ends at the full size.
+    assert bars[:2] == [[f"downloading {OC}", size, 100_000], [f"downloading {OC}", size, size]]
+    assert bars[2] == [f"downloading {IPA}", len(bodies[IPA]), len(bodies[IPA])]
+    assert re.fullmatch(r"from 97\.7 KiB of 670\.0 KiB; 670\.0 KiB in \d+\.\ds \(\d+\.\d [KMG]iB/s\); "
+                        r"md5 verified \(.+\.md5\); unpacked 3 files", by_name(result)[OC][1])
+    assert re.fullmatch(r"\d+\.\d KiB in \d+\.\ds \(\d+\.\d [KMG]iB/s\); md5 verified \(.+\); unpacked 2 files",
+                        by_name(result)[IPA][1])
