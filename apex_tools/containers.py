@@ -42,7 +42,7 @@ from .catalog import Catalog, load_catalog
 from .dockerfile import ImagePatch, render_dockerfile, render_odl_repo
 from .errors import GerritError, RegistryError, SettingsError
 from .gerrit import GerritClient
-from .image_config import ConfigReader, ImageInfo, Inspector, parse_time
+from .image_config import ImageInfo, Inspector, inspect_image, parse_time
 from .patches import Location, PatchPart, load_projects, sort_patch
 from .reference import ImageRef
 from .run import Item, RunContext, Status, TargetResult
@@ -434,12 +434,11 @@ def _remove_stale(root: Path, keep: set[Path]) -> list[str]:
 
 
 def default_inspector(run: RunContext) -> Inspector:
-    """Read upstream image configs over the registry API (plain HTTP where configured insecure)."""
-    def insecure(registry: str) -> bool:
-        if registry == run.options.upstream.registry:
-            return run.options.upstream.insecure
-        return run.options.registry.insecure
-    return ConfigReader(insecure, timeout=run.options.gerrit.timeout).inspect
+    """Read upstream image configs with push-registry's clients (same TLS modes and credentials)."""
+    from .push_registry import Clients
+
+    clients = Clients(run.options, run.registry_address, run.options.upstream.registry)
+    return lambda ref: inspect_image(clients(ref.registry), ref)
 
 
 def patch_containers(

@@ -381,3 +381,25 @@ def test_the_apex_task_writes_outputs_and_reruns_up_to_date(tmp_path, gerrit, up
     second = subprocess.run(cmd + ["--no-fetch"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)[0]["changes"] == ["up to date"]
+
+
+# -- reading upstream image configs --------------------------------------------------------------
+
+def test_inspect_image_reads_created_and_user_through_lists_and_reports_missing(upstream):
+    from apex_tools.image_config import inspect_image
+    from apex_tools.reference import ImageRef
+    from apex_tools.registry.client import Manifest, RegistryClient, sha256_digest
+
+    client = RegistryClient(upstream.address, tls="http")
+    repo = "tripleomaster/centos-binary-nova-api"
+    single = client.get_manifest(repo, "current-tripleo")
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": single.media_type, "digest": single.digest, "size": len(single.raw),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    client.put_manifest(repo, "multi", Manifest("application/vnd.oci.image.index.v1+json", sha256_digest(index), index))
+    base = ImageRef.parse(f"{upstream.address}/{repo}:current-tripleo")
+    direct, listed = inspect_image(client, base), inspect_image(client, base.with_tag("multi"))
+    assert direct == listed and direct.user == "1000"
+    assert direct.created is not None and direct.created.tzinfo is not None
+    assert inspect_image(client, base.with_tag("no-such-tag")) is None
+    assert inspect_image(client, ImageRef.parse(f"{upstream.address}/tripleomaster/centos-binary-nova-libvirt:x")) is None
