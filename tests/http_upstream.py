@@ -234,6 +234,7 @@ def _handler(server: ScriptedServer) -> type[http.server.BaseHTTPRequestHandler]
                 self._reply(404, {}, b"not found\n", head)
                 return
             validators = {"ETag": served.etag, "Last-Modified": served.last_modified, "Accept-Ranges": "bytes"}
+            validators = {k: v for k, v in validators.items() if v}  # a server may send no ETag
             inm, ims = self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since")
             if (inm is not None and inm == served.etag) or (inm is None and ims == served.last_modified):
                 self._reply(304, validators, b"", head=True)

@@ -148,7 +148,8 @@ def test_changed_upstream_is_downloaded_and_unpacked_again(tmp_path, nginx, www)
     new = publish(www / OS, "v2")
     later = time.time() + 120
     os.utime(www / OS / OC, (later, later))
-    os.utime(www / OS / IPA, (1_600_000_000, 1_600_000_000))  # same bytes? no: v2 bytes, older date
+    # An older date is a change too: Apex compared dates ("newer than my copy?") and kept stale files.
+    os.utime(www / OS / IPA, (1_600_000_000, 1_600_000_000))
     nginx.clear_log()
     result = fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/"))
     assert result.status is Status.CHANGED
@@ -386,6 +387,19 @@ def test_304_from_if_modified_since_when_upstream_sends_no_etag(tmp_path, upstre
     assert again.status is Status.UP_TO_DATE
     assert [(r.status, r.headers.get("If-Modified-Since")) for r in upstream.log] == [
         (304, upstream.files[f"/{OS}/{OC}"].last_modified), (304, upstream.files[f"/{OS}/{IPA}"].last_modified)]
+
+
+def test_a_changed_last_modified_alone_means_download_again(tmp_path, upstream):
+    bodies = serve(upstream)
+    for served in upstream.files.values():
+        served.etag = ""
+    url = upstream.url + "/{os_version}/"
+    fetch_images(run_for(tmp_path, url))
+    upstream.put(f"/{OS}/{IPA}", bodies[IPA], when=time.time() + 3600).etag = ""
+    upstream.log.clear()
+    result = fetch_images(run_for(tmp_path, url))
+    assert [i.status for i in result.items] == ["up to date", "downloaded"]
+    assert [r.status for r in upstream.hits(f"/{OS}/{IPA}")] == [200]
 
 
 def test_md5_mismatch_once_is_fetched_again_and_then_verified(tmp_path, upstream):
