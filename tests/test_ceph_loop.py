@@ -93,11 +93,16 @@ def _guestfish(*args: str, script: str = "") -> str:
 
 
 @pytest.fixture(scope="session")
-def base_qcow2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base_qcow2() -> Path:
     """The test overcloud image, built once and cached by recipe (one appliance launch)."""
     need(_have_tools(), "libguestfs-tools, qemu-utils, busybox-static and patch")
     os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
     os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+    return cached_base_image()
+
+
+def cached_base_image() -> Path:
+    """Build the test image unless a cached one of the same recipe and binaries exists."""
     key = hashlib.sha256(RECIPE.encode())
     for binary in ("/bin/busybox", "/usr/bin/patch", *LIBS):
         key.update(Path(binary).read_bytes())
