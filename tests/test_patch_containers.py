@@ -403,3 +403,26 @@ def test_inspect_image_reads_created_and_user_through_lists_and_reports_missing(
     assert direct.created is not None and direct.created.tzinfo is not None
     assert inspect_image(client, base.with_tag("no-such-tag")) is None
     assert inspect_image(client, ImageRef.parse(f"{upstream.address}/tripleomaster/centos-binary-nova-libvirt:x")) is None
+
+
+@pytest.mark.parametrize(
+    "submitted, in_manifest",
+    [("2018-06-11 15:23:55.000000000", False), ("2099-01-01 00:00:00.000000000", True)],
+    ids=["merged-before-disk-image-skipped", "merged-after-disk-image-kept"],
+)
+def test_merged_disk_image_patch_is_compared_with_the_upstream_image_age(tmp_path, upstream, httpserver, submitted,
+                                                                          in_manifest):
+    httpserver.expect_request("/master/overcloud-full.tar", method="HEAD").respond_with_data(
+        "", headers={"Last-Modified": "Wed, 20 Nov 2019 10:00:00 GMT"})
+    with run_fake_gerrit() as fake:
+        fake.add(FakeChange("openstack/puppet-tripleo", "master", PUPPET, PUPPET_PATCH, status="MERGED",
+                            submitted=submitted))
+        run = make_run(tmp_path, fake.url, upstream.address, overcloud=[("openstack/puppet-tripleo", PUPPET)],
+                       upstream__images_url=httpserver.url_for("/{os_version}/"))
+        patch_containers(run)
+    manifest = json.loads((tmp_path / "work" / "image_patches" / "overcloud" / "manifest.json").read_text())
+    assert bool(manifest) is in_manifest
+    skipped = run.state.load(TARGET).data["skipped"]
+    assert bool(skipped) is not in_manifest
+    if skipped:
+        assert "already in the upstream overcloud image" in skipped[0]["reason"]
