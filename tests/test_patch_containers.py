@@ -426,3 +426,21 @@ def test_merged_disk_image_patch_is_compared_with_the_upstream_image_age(tmp_pat
     assert bool(skipped) is not in_manifest
     if skipped:
         assert "already in the upstream overcloud image" in skipped[0]["reason"]
+
+
+def test_outputs_read_by_ceph_loop_and_push_registry(tmp_path, gerrit, upstream):
+    """The contracts: ceph-loop's manifest loader and push-registry's rebuild finder accept our outputs."""
+    from apex_tools.image_patches import load_manifest
+    from apex_tools.registry.rebuild import find_rebuilds
+
+    run = make_run(tmp_path, gerrit.url, upstream.address,
+                   overcloud=[("openstack/nova", NOVA), ("openstack/puppet-tripleo", PUPPET)])
+    patch_containers(run)
+    work = tmp_path / "work"
+    (disk,) = load_manifest(work / "image_patches" / "overcloud")
+    assert (disk.change_id, disk.target_dir, disk.strip) == (PUPPET, "/etc/puppet/modules/tripleo", 1)
+    assert load_manifest(work / "image_patches" / "undercloud") == []
+    planned = run.state.load(TARGET).data["rebuild"]
+    rebuilds = find_rebuilds(work / "containers", upstream.address, planned)
+    assert [r.image for r in rebuilds] == UPSTREAM_NOVA
+    assert {str(r.base) for r in rebuilds} == {planned[r.image]["from"] for r in rebuilds}
