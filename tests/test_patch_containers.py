@@ -261,6 +261,7 @@ def test_opendaylight_image_is_rebuilt_for_another_release(tmp_path, gerrit, ups
         dockerfile = (folder / "Dockerfile").read_text()
         assert "yum -y remove opendaylight && yum -y install opendaylight" in dockerfile
         assert 'io.opnfv.apex.opendaylight="oxygen"' in dockerfile
+        check_golden("Dockerfile.opendaylight", dockerfile.replace(upstream.address, "REGISTRY"))
         assert run.state.load(TARGET).data["rebuild"]["opendaylight"]["opendaylight"] == "oxygen"
 
 
