@@ -207,6 +207,20 @@ def retry_after(response: requests.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def why(exc: BaseException) -> str:
+    """A network error in a few words ("Connection refused", "read timed out"), not urllib3's nesting."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "read timed out"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+    if found:
+        return found.group(1).strip()
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
+        return "connection broken"
+    return exc.__class__.__name__
+
+
 def _content_range(response: requests.Response) -> tuple[int, int] | None:
     """``(start, total)`` of a 206 reply's ``Content-Range: bytes start-end/total``."""
     match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", "").strip())
@@ -348,7 +362,7 @@ class Downloader:
         try:
             response = self.session.head(url, headers=_conditional(cached), allow_redirects=True, timeout=self._timeout())
         except NETWORK_ERRORS as exc:
-            return f"{dest.name}: revalidate with {url} (unreachable now: {exc.__class__.__name__})"
+            return f"{dest.name}: revalidate with {url} (unreachable now: {why(exc)})"
         if response.status_code == 304:
             return None
         if response.ok:
@@ -446,7 +460,7 @@ class Downloader:
             try:
                 response = self.session.get(url, headers=headers, stream=True, timeout=self._timeout())
             except NETWORK_ERRORS as exc:
-                problem, wait = f"cannot connect ({exc.__class__.__name__}: {exc})", None
+                problem, wait = f"cannot connect ({why(exc)})", None
             else:
                 with response:
                     try:
@@ -470,10 +484,12 @@ class Downloader:
                             _discard_partial(dest)
                             resuming = None
             if attempt >= self.policy.tries:
+                kept = partial.stat().st_size if partial.exists() else 0
                 raise DownloadError(
                     f"{url}: {problem}; gave up after {attempt} tries",
                     "check that upstream.images_url is reachable from here; raise fetch.tries or fetch.max_wait "
-                    "for a flaky link (the partial download is kept and resumed next time)",
+                    "for a flaky link" + (f" (the {human_size(kept)} received are kept and resumed next time)"
+                                          if kept else ""),
                 )
             delay = self.policy.delay(attempt) if wait is None else wait
             log.warning("%s: %s; trying again in %.1fs (%d/%d)", dest.name, problem, delay, attempt,
@@ -511,7 +527,7 @@ class Downloader:
                     chunk = response.raw.read1(CHUNK)
                 except NETWORK_ERRORS as exc:
                     raise _Transient(f"connection dropped after {human_size(body.hashes.count)} "
-                                     f"({exc.__class__.__name__})") from None
+                                     f"({why(exc)})") from None
                 if not chunk:
                     break
                 out.write(chunk)
@@ -550,7 +566,7 @@ class Downloader:
                 self._check_status(url, response)
                 return response.text
             except NETWORK_ERRORS as exc:
-                problem, wait = f"cannot fetch ({exc.__class__.__name__})", None
+                problem, wait = f"cannot fetch ({why(exc)})", None
             except _Transient as exc:
                 problem, wait = exc.problem, exc.wait
             if attempt == self.policy.tries:

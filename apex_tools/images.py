@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Options
-from .download import Downloader, RetryPolicy, Validators, artifact_lock, cached_validators, join_url
-from .errors import ApexError, DownloadError, ImageError
+from .download import (
+    Downloader, RetryPolicy, Validators, artifact_lock, cached_validators, human_size, join_url,
+)
+from .errors import DownloadError, ImageError
 from .run import Item, RunContext, Status, TargetResult
 from .state import atomic_write, fingerprint
 
@@ -79,7 +81,6 @@ def fetch_images(run: RunContext, downloader: Downloader | None = None) -> Targe
 
     items: list[Item] = []
     changes: list[str] = []
-    errors: list[ApexError] = []
     identities: dict[str, object] = {}
     outputs: list[Path] = []
     for artifact, url, dest in wanted:
@@ -97,19 +98,19 @@ def fetch_images(run: RunContext, downloader: Downloader | None = None) -> Targe
                 exc = DownloadError(f"{exc.filename}: {exc.strerror}",
                                     "check that image_dir is writable and has room for the images")
             log.error("%s: %s", artifact.name, exc)
-            errors.append(exc)
             items.append(Item(artifact.name, "failed", str(exc)))
             continue
-        detail = fetched.detail() + (f"; unpacked {len(members)} files" if unpacked else "")
-        items.append(Item(artifact.name, fetched.action, detail))
+        files = f"{len(members)} file" + ("s" if len(members) != 1 else "")
+        items.append(Item(artifact.name, fetched.action, fetched.detail() + (f"; unpacked {files}" if unpacked else "")))
         if fetched.changed:
-            changes.append(f"{fetched.action} {artifact.name}: {fetched.detail()}")
+            changes.append(f"{fetched.action} {artifact.name} ({human_size(fetched.validators.size)})")
         if unpacked:
             changes.append(f"unpacked {artifact.name}: {', '.join(members)}")
         identities[artifact.name] = fetched.validators.identity()
         outputs += [dest, *(folder / m for m in members)]
-    if errors:
-        return TargetResult(TARGET, Status.FAILED, [e.message.splitlines()[0] for e in errors], items)
+    failed = [i.name for i in items if i.status == "failed"]
+    if failed:
+        return TargetResult(TARGET, Status.FAILED, [f"failed: {', '.join(failed)} (the rows below say why)"], items)
     fp = fingerprint({"folder": folder, "artifacts": identities})
     if changes or not run.state.is_current(TARGET, fp):
         # Also when nothing moved: a cache filled by another run (other work dir) gets recorded.

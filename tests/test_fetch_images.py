@@ -257,6 +257,7 @@ def test_a_download_that_gives_up_keeps_only_the_partial_and_the_next_run_resume
     failed = fetch_images(run, downloader(run, []))
     folder = tmp_path / "images" / OS
     assert failed.status is Status.FAILED and "connection dropped after 195.3 KiB" in by_name(failed)[OC][1]
+    assert "the 195.3 KiB received are kept and resumed next time" in by_name(failed)[OC][1]
     assert not (folder / OC).exists() and not (folder / "overcloud-full.qcow2").exists()
     assert partial_path(folder / OC).stat().st_size == 200_000
     upstream.log.clear()
@@ -365,6 +366,16 @@ def test_after_the_last_try_the_error_names_the_url_and_status(tmp_path, upstrea
     assert by_name(result)[IPA][0] == "downloaded"  # one failure does not stop the other artifacts
     assert not (tmp_path / "images" / OS / OC).exists()
     assert not (tmp_path / "work" / "state" / f"{TARGET}.json").exists()
+
+
+def test_nothing_listening_is_named_plainly(tmp_path):
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/{OS}/{OC}"
+    with pytest.raises(DownloadError) as err:
+        Downloader(policy=RetryPolicy(tries=2, backoff=0), sleep=lambda s: None).fetch(url, tmp_path / OC)
+    assert err.value.message == f"{url}: cannot connect (Connection refused); gave up after 2 tries"
+    assert "received are kept" not in err.value.hint
 
 
 def test_404_fails_at_once_with_a_hint(tmp_path, upstream):
