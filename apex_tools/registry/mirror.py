@@ -65,6 +65,17 @@ class MirrorStats:
 
 
 ClientFor = Callable[[str], RegistryClient]
+# Blobs of one image copied at once (docker push uses 5, tripleo's uploader 4).
+BLOB_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An image to copy: its job, the source manifest, and its blob bytes (for ordering)."""
+
+    job: CopyJob
+    manifest: Manifest
+    size: int
 
 
 class Mirror:
@@ -91,24 +102,40 @@ class Mirror:
         self._guard = threading.Lock()
 
     def copy_all(self, jobs: Sequence[CopyJob]) -> list[CopyResult]:
-        """Copy every job (in parallel); results in the jobs' order. Failures are results, not raised."""
+        """Copy every job (in parallel); results in the jobs' order. Failures are results, not raised.
+
+        First every image is looked at (HEADs, the source manifest); then the ones to copy go
+        largest first, so the big transfers overlap the many small, latency-bound ones.
+        """
         if not jobs:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.jobs, len(jobs)), thread_name_prefix="mirror") as pool:
-            return list(pool.map(self._copy_reporting, jobs))
-
-    def _copy_reporting(self, job: CopyJob) -> CopyResult:
-        try:
-            result = self.copy(job)
-        except ApexError as exc:
-            log.debug("copy of %s failed", job.source, exc_info=True)
-            result = CopyResult(job, FAILED, detail=exc.message.splitlines()[0], error=exc)
-        if self.on_image:
-            self.on_image(result)
-        return result
+        workers = min(self.jobs, len(jobs))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror") as pool:
+            looked = list(pool.map(lambda job: self._guarded(job, self._look), jobs))
+            pending = sorted((item for item in looked if isinstance(item, _Pending)), key=lambda p: -p.size)
+            copied = {id(p.job): r for p, r in zip(pending, pool.map(
+                lambda item: self._guarded(item.job, lambda _: self._finish(item)), pending))}
+        results = [copied[id(item.job)] if isinstance(item, _Pending) else item for item in looked]
+        return results  # type: ignore[return-value]
 
     def copy(self, job: CopyJob) -> CopyResult:
         """Copy one image; raises ``RegistryError`` on failure."""
+        looked = self._look(job)
+        return self._finish(looked) if isinstance(looked, _Pending) else looked
+
+    def _guarded(self, job: CopyJob, step: Callable[[CopyJob], CopyResult | _Pending]) -> CopyResult | _Pending:
+        """Run one step of ``job``; a failure becomes a FAILED result; a final result is reported."""
+        try:
+            result = step(job)
+        except ApexError as exc:
+            log.debug("copy of %s failed", job.source, exc_info=True)
+            result = CopyResult(job, FAILED, detail=exc.message.splitlines()[0], error=exc)
+        if isinstance(result, CopyResult) and self.on_image:
+            self.on_image(result)
+        return result
+
+    def _look(self, job: CopyJob) -> CopyResult | _Pending:
+        """One HEAD each side; an equal digest is "already there", else the source manifest to copy."""
         src = self.client_for(job.source.registry)
         dst = self.client_for(job.target.registry)
         source, target = job.source, job.target
@@ -123,19 +150,28 @@ class Mirror:
         present = dst.head_manifest(target.repository, target.reference)
         if present is not None and present[0] == digest:
             return CopyResult(job, ALREADY_THERE, digest, "digest matches")
-        before = self.stats.bytes_sent
         manifest = src.get_manifest(source.repository, digest)
-        sent = self._copy_manifest(src, dst, source.repository, target.repository, manifest)
-        dst.put_manifest(target.repository, target.reference, manifest)
+        return _Pending(job, manifest, sum(int(b.get("size", 0)) for b in manifest.blobs() + manifest.children()))
+
+    def _finish(self, pending: _Pending) -> CopyResult:
+        """Copy the blobs (and child manifests) of a looked-at image, then PUT its manifest."""
+        job, manifest = pending.job, pending.manifest
+        src = self.client_for(job.source.registry)
+        dst = self.client_for(job.target.registry)
+        sent = self._copy_manifest(src, dst, job.source.repository, job.target.repository, manifest)
+        dst.put_manifest(job.target.repository, job.target.reference, manifest)
         detail = f"{sent} bytes sent" if sent else "no blob moved"
         if manifest.is_index:
             detail += f", {len(manifest.children())} platform manifests"
-        log.debug("mirrored %s → %s (%s); run total %d bytes", source, target, detail, before + sent)
-        return CopyResult(job, MIRRORED, digest, detail, bytes_sent=sent)
+        log.debug("mirrored %s → %s (%s)", job.source, job.target, detail)
+        return CopyResult(job, MIRRORED, manifest.digest, detail, bytes_sent=sent)
 
     def _copy_manifest(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str,
                        manifest: Manifest) -> int:
-        """Copy what ``manifest`` references (blobs, or child manifests by digest); bytes sent."""
+        """Copy what ``manifest`` references (blobs, or child manifests by digest); bytes sent.
+
+        Blobs of one image go concurrently (a few at a time), like layers in docker push.
+        """
         sent = 0
         for child in manifest.children():
             if dst.head_manifest(dst_repo, child["digest"]) is not None:
@@ -143,9 +179,13 @@ class Mirror:
             child_manifest = src.get_manifest(src_repo, child["digest"])
             sent += self._copy_manifest(src, dst, src_repo, dst_repo, child_manifest)
             dst.put_manifest(dst_repo, child["digest"], child_manifest)
-        for blob in manifest.blobs():
-            sent += self._copy_blob(src, dst, src_repo, dst_repo, blob["digest"], int(blob["size"]))
-        return sent
+        blobs = manifest.blobs()
+        if len(blobs) <= 1:
+            return sent + sum(self._copy_blob(src, dst, src_repo, dst_repo, b["digest"], int(b["size"])) for b in blobs)
+        with ThreadPoolExecutor(max_workers=min(BLOB_WORKERS, len(blobs)), thread_name_prefix="blob") as pool:
+            sizes = pool.map(lambda b: self._copy_blob(src, dst, src_repo, dst_repo, b["digest"], int(b["size"])),
+                             blobs)
+            return sent + sum(sizes)
 
     def _lock_for(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
