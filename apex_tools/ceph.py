@@ -200,6 +200,25 @@ def _build_image(
         os.replace(partial, dest)
 
 
+def _write_storage_env(
+    run: RunContext, device: str | None, env_out: Path
+) -> tuple[storage_env.ClusterSecrets | None, list[str], Item]:
+    """Write (or, with Ceph off, remove) the storage environment; the identity is made once."""
+    changes: list[str] = []
+    if not device:
+        if env_out.exists():
+            env_out.unlink()
+            changes.append(f"removed {STORAGE_ENV} (Ceph is off)")
+        return None, changes, Item(STORAGE_ENV, "skipped", "Ceph is off")
+    cluster, created = storage_env.ensure_secrets(run.options.work_dir)
+    if created:
+        changes.append(f"generated cluster FSID {cluster.fsid} and keys ({storage_env.SECRETS_FILE}, mode 0600)")
+    written = write_if_changed(env_out, storage_env.render(device, run.options.ceph, cluster), mode=0o600)
+    if written:
+        changes.append(f"{STORAGE_ENV}: OSD device {device}")
+    return cluster, changes, Item(STORAGE_ENV, "written" if written else "up to date", f"OSD device {device}")
+
+
 def ceph_loop(run: RunContext) -> TargetResult:
     """Customize the overcloud image for Ceph and the disk-image patches; write the storage env."""
     work = run.options.work_dir
@@ -256,21 +275,11 @@ def ceph_loop(run: RunContext) -> TargetResult:
         changes.append(f"{IMAGE_NAME}: {', '.join(what) or 'copied unchanged'}")
         items.append(Item(IMAGE_NAME, "customized" if what else "copied", ", ".join(what) or "no changes needed"))
     outputs = [image_out]
+    cluster, env_changes, env_item = _write_storage_env(run, device, env_out)
+    changes += env_changes
+    items.append(env_item)
     if device:
-        cluster, created = storage_env.ensure_secrets(work)
-        if created:
-            changes.append(f"generated cluster FSID {cluster.fsid} and keys ({storage_env.SECRETS_FILE}, mode 0600)")
-        text = storage_env.render(device, run.options.ceph, cluster)
-        written = write_if_changed(env_out, text, mode=0o600)
-        if written:
-            changes.append(f"{STORAGE_ENV}: OSD device {device}")
-        items.append(Item(STORAGE_ENV, "written" if written else "up to date", f"OSD device {device}"))
         outputs.append(env_out)
-    else:
-        if env_out.exists():
-            env_out.unlink()
-            changes.append(f"removed {STORAGE_ENV} (Ceph is off)")
-        items.append(Item(STORAGE_ENV, "skipped", "Ceph is off"))
     # Recomputed: the identity may have been generated just now.
     fp = fingerprint({"image": image_fp, "storage_env": _env_fingerprint(run, device, cluster)})
     run.state.save(TARGET, fp, outputs=outputs, data={"image_fingerprint": image_fp, "osd_device": device})

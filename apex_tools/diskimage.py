@@ -110,6 +110,7 @@ def customize(image: Path, ops: Customization) -> str:
             "see the log for the full output; " + LIBGUESTFS_HINT,
             output,
         ) from None
+    LOG.debug("virt-customize output:\n%s", done)
     return str(done)
 
 
