@@ -9,11 +9,13 @@ be replayed, so its caller retries the whole blob (``RegistryHTTPError.retryable
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import IO, Any
@@ -74,8 +76,6 @@ class Manifest:
         return self.media_type in INDEX_TYPES
 
     def json(self) -> dict[str, Any]:
-        import json
-
         return json.loads(self.raw)
 
     def blobs(self) -> list[dict[str, Any]]:
@@ -98,25 +98,18 @@ class HashingReader:
     ``__len__`` lets requests send a Content-Length and stream the body instead of buffering.
     """
 
-    def __init__(self, stream: IO[bytes] | Iterator[bytes], size: int, on_bytes: Any = None) -> None:
+    def __init__(self, stream: IO[bytes], size: int, on_bytes: Callable[[int], None] | None = None) -> None:
         self._stream = stream
         self._size = size
         self._hash = hashlib.sha256()
-        self._buffer = b""
-        self.count = 0
         self._on_bytes = on_bytes
+        self.count = 0
 
     def __len__(self) -> int:
         return self._size
 
     def read(self, amount: int = CHUNK) -> bytes:
-        if hasattr(self._stream, "read"):
-            data = self._stream.read(amount if amount and amount > 0 else CHUNK)  # type: ignore[union-attr]
-        else:
-            data = self._buffer or next(self._stream, b"")  # type: ignore[arg-type]
-            self._buffer = b""
-            if amount and amount > 0 and len(data) > amount:
-                data, self._buffer = data[:amount], data[amount:]
+        data = self._stream.read(amount if amount and amount > 0 else CHUNK)
         self._hash.update(data)
         self.count += len(data)
         if data and self._on_bytes:
@@ -365,8 +358,6 @@ class RegistryClient:
         return Manifest(media_type, digest, raw)
 
     def _sniff_media_type(self, raw: bytes, header: str, repository: str, reference: str) -> str:
-        import json
-
         try:
             data = json.loads(raw)
         except ValueError:
@@ -447,18 +438,15 @@ class RegistryClient:
         self,
         repository: str,
         digest: str,
-        body: IO[bytes] | Iterator[bytes] | bytes,
+        body: IO[bytes] | bytes,
         size: int,
         location: str | None = None,
-        on_bytes: Any = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> int:
         """Stream ``body`` (``size`` bytes) as blob ``digest``; checks the digest; returns bytes sent."""
         location = location or self.start_upload(repository)
         separator = "&" if "?" in location else "?"
-        if isinstance(body, bytes):
-            reader = HashingReader(iter([body]), size, on_bytes)
-        else:
-            reader = HashingReader(body, size, on_bytes)
+        reader = HashingReader(io.BytesIO(body) if isinstance(body, bytes) else body, size, on_bytes)
         response = self.request(
             "PUT", f"{location}{separator}digest={digest}", repository=repository, reference=digest,
             scope=self._scope(repository, push=True), ok=(201,), data=reader, replayable=False,

@@ -115,8 +115,7 @@ class Mirror:
             pending = sorted((item for item in looked if isinstance(item, _Pending)), key=lambda p: -p.size)
             copied = {id(p.job): r for p, r in zip(pending, pool.map(
                 lambda item: self._guarded(item.job, lambda _: self._finish(item)), pending))}
-        results = [copied[id(item.job)] if isinstance(item, _Pending) else item for item in looked]
-        return results  # type: ignore[return-value]
+        return [copied[id(item.job)] if isinstance(item, _Pending) else item for item in looked]
 
     def copy(self, job: CopyJob) -> CopyResult:
         """Copy one image; raises ``RegistryError`` on failure."""
