@@ -1,45 +1,47 @@
-"""Cached downloads of large upstream files: revalidated, resumable, verified, written atomically.
+"""Downloads of large upstream files into the cache: revalidated, resumed, retried, verified.
 
-A cached file ``<dir>/<name>`` keeps the validators of the upstream version it holds in
-``<dir>/<name>.meta.json`` (URL, ETag, Last-Modified, size, verified digests, and the local
-file's own size and mtime so a replaced file is noticed). A download streams into
-``<dir>/.<name>.partial`` (with ``.<name>.partial.json`` saying which upstream version it
-is), so an interrupted run never leaves a file that looks cached, and the next attempt, or
-the next run, resumes it with ``Range`` + ``If-Range``. Upstream may be ``http(s)://``,
-``file://`` or a plain folder (an offline mirror).
+Upstream may be ``http(s)://``, ``file://`` or a plain folder (an offline mirror). The files'
+records (validators, partial files, locks) are ``filecache``'s; checksums are ``checksums``'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
-import hashlib
-import json
 import logging
 import os
 import re
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
 
-import filelock
 import requests
 import urllib3
 
 from . import __version__
+from .checksums import SIDECARS, Expected, Hashes, parse_sidecar
 from .errors import DownloadError
+from .filecache import (
+    Validators,
+    artifact_lock,
+    cached_validators,
+    discard_partial,
+    meta_path,
+    open_at,
+    partial_meta_path,
+    partial_path,
+    read_validators,
+    write_validators,
+)
 from .run import ProgressFactory, null_progress
 from .state import _fsync_dir
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-# Sidecars looked for next to an upstream file, strongest first (RDO publishes .md5).
-SIDECARS = ("sha256", "md5")
 # Transient by nature: the server asks us to come back (429, 503) or failed this once (5xx).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # Read errors that mean "the connection broke", as opposed to local I/O errors (disk full).
@@ -59,29 +61,6 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` (1-based)."""
         return min(self.max_wait, self.backoff * 2 ** (attempt - 1))
-
-
-@dataclass(frozen=True)
-class Validators:
-    """One upstream version of a file, and (once cached) the local copy's stat."""
-
-    url: str
-    etag: str = ""
-    last_modified: str = ""
-    size: int = -1
-    digests: dict[str, str] = field(default_factory=dict)
-    mtime_ns: int = 0
-
-    def if_range(self) -> str:
-        """The validator for ``If-Range``: a strong ETag, else Last-Modified, else none."""
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-    def identity(self) -> dict[str, object]:
-        """What names this upstream version (for fingerprints and unpack records)."""
-        return {"url": self.url, "etag": self.etag, "last_modified": self.last_modified, "size": self.size,
-                "digests": dict(sorted(self.digests.items()))}
 
 
 @dataclass
@@ -124,47 +103,6 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
-def meta_path(dest: Path) -> Path:
-    """Where the validators of ``dest`` live."""
-    return dest.with_name(dest.name + ".meta.json")
-
-
-def partial_path(dest: Path) -> Path:
-    """Where a download of ``dest`` streams to before it is verified and renamed."""
-    return dest.with_name(f".{dest.name}.partial")
-
-
-def _partial_meta_path(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.partial.json")
-
-
-def _read_validators(path: Path) -> Validators | None:
-    try:
-        return Validators(**json.loads(path.read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
-
-
-def _write_validators(path: Path, validators: Validators) -> None:
-    # Renamed into place so it is never torn, but not fsynced: a record lost in a crash only
-    # means one download more (the file it describes no longer matches, or the partial restarts).
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def cached_validators(dest: Path) -> Validators | None:
-    """The validators of the cached ``dest``, or None when it is missing or not the file we wrote."""
-    validators = _read_validators(meta_path(dest))
-    try:
-        st = dest.stat()
-    except FileNotFoundError:
-        return None
-    if validators is None or (st.st_size, st.st_mtime_ns) != (validators.size, validators.mtime_ns):
-        return None
-    return validators
-
-
 def local_source(url: str) -> Path | None:
     """The path of a ``file://`` URL or a plain path; None for a network URL."""
     parsed = urllib.parse.urlsplit(url)
@@ -178,19 +116,6 @@ def local_source(url: str) -> Path | None:
 def join_url(base: str, name: str) -> str:
     """``base`` (a folder URL or path, with or without a trailing slash) plus ``name``."""
     return base.rstrip("/") + "/" + name
-
-
-def parse_sidecar(text: str, name: str, algo: str) -> str | None:
-    """The hex digest for ``name`` in a ``<hex>  <name>`` (or bare ``<hex>``) checksum file."""
-    length = hashlib.new(algo).digest_size * 2
-    for line in text.splitlines():
-        words = line.split()
-        if not words or not re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", words[0]):
-            continue
-        listed = words[1].lstrip("*").rsplit("/", 1)[-1] if len(words) > 1 else None
-        if listed in (None, name):
-            return words[0].lower()
-    return None
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -230,47 +155,12 @@ def _content_range(response: requests.Response) -> tuple[int, int] | None:
     return int(match.group(1)), total
 
 
-class _Hashes:
-    """Incremental digests of the bytes written so far (only the algorithms that will be checked)."""
-
-    def __init__(self, algos: tuple[str, ...]) -> None:
-        self.algos = algos
-        self.reset()
-
-    def reset(self) -> None:
-        self.hashers = {a: hashlib.new(a) for a in self.algos}
-        self.count = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        for hasher in self.hashers.values():
-            hasher.update(data)
-        self.count += len(data)
-
-    def update_from(self, path: Path) -> None:
-        """Hash what an earlier attempt already wrote (before resuming after it)."""
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                self.update(chunk)
-
-    def hexdigests(self) -> dict[str, str]:
-        return {a: h.hexdigest() for a, h in self.hashers.items()}
-
-
-@dataclass(frozen=True)
-class Expected:
-    """A digest the file must have and where the requirement came from."""
-
-    algo: str
-    hexdigest: str
-    source: str
-
-
 @dataclass
 class _Body:
     """One download in progress: what it must match, its running digests, what this run received."""
 
     expected: list[Expected]
-    hashes: _Hashes
+    hashes: Hashes
     received: int = 0
     resumed_from: int = 0
     validators: Validators = field(default_factory=lambda: Validators(""))
@@ -301,23 +191,6 @@ class _Transient(Exception):
     def __init__(self, problem: str, wait: float | None = None, restart: bool = False) -> None:
         super().__init__(problem)
         self.problem, self.wait, self.restart = problem, wait, restart
-
-
-@contextlib.contextmanager
-def artifact_lock(dest: Path, doing: str = "fetching") -> Iterator[None]:
-    """Hold a per-artifact lock so two runs never write the same files; wait for the other run."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "" if doing == "fetching" else f".{doing}"
-    lock = filelock.FileLock(str(dest.with_name(f".{dest.name}{suffix}.lock")))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        log.info("%s: another run is %s it; waiting for it to finish", dest.name, doing)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def default_session() -> requests.Session:
@@ -428,7 +301,7 @@ class Downloader:
                 return Fetched(dest.name, dest, action, final, outcome.received, time.monotonic() - started,
                                outcome.resumed_from, verified)
             mismatches += bad
-            _discard_partial(dest)
+            discard_partial(dest)
             log.warning("%s: %s mismatch (expected %s, got %s); downloading once more", dest.name,
                         bad[0][0].algo, bad[0][0].hexdigest, bad[0][1])
         first, second = mismatches[0], mismatches[-1]
@@ -443,10 +316,10 @@ class Downloader:
         self, url: str, dest: Path, cached: Validators | None, *, fresh: bool, pinned: Mapping[str, str]
     ) -> _Body | None:
         """Stream ``url`` into the partial file, resuming and retrying; None on 304 Not Modified."""
-        partial, partial_meta = partial_path(dest), _partial_meta_path(dest)
-        resuming = None if fresh else _read_validators(partial_meta)
+        partial, partial_meta = partial_path(dest), partial_meta_path(dest)
+        resuming = None if fresh else read_validators(partial_meta)
         if resuming is None or resuming.url != url or not partial.exists():
-            _discard_partial(dest)
+            discard_partial(dest)
             resuming = None
         body: _Body | None = None
         attempt = 0
@@ -465,15 +338,15 @@ class Downloader:
                 with response:
                     try:
                         if self._check_status(url, response) == 304:
-                            _discard_partial(dest)
+                            discard_partial(dest)
                             return None
                         if body is None:
                             # Learn which digests to check before the body starts: hashing costs
                             # throughput, so only what will be checked is hashed.
                             expected = self._expected(url, dest.name, pinned)
-                            body = _Body(expected, _Hashes(tuple(sorted({e.algo for e in expected}))))
+                            body = _Body(expected, Hashes(tuple(sorted({e.algo for e in expected}))))
                         start, total, resuming = _accept(url, response, offset if "Range" in headers else 0, resuming)
-                        _write_validators(partial_meta, resuming)
+                        write_validators(partial_meta, resuming)
                         body.begin(start, partial)
                         self._write_body(response, partial, start, total, body, dest.name)
                         body.validators = resuming
@@ -481,7 +354,7 @@ class Downloader:
                     except _Transient as exc:
                         problem, wait = exc.problem, exc.wait
                         if exc.restart:
-                            _discard_partial(dest)
+                            discard_partial(dest)
                             resuming = None
             if attempt >= self.policy.tries:
                 kept = partial.stat().st_size if partial.exists() else 0
@@ -519,7 +392,7 @@ class Downloader:
     ) -> None:
         """Append the body at ``start``; a broken or short body is a _Transient (resumable)."""
         size = total if total >= 0 else None
-        with self.progress(f"downloading {name}", size) as bar, _open_at(partial, start) as out:
+        with self.progress(f"downloading {name}", size) as bar, open_at(partial, start) as out:
             bar.advance(start)
             while True:
                 try:
@@ -580,9 +453,9 @@ class Downloader:
         os.replace(partial_path(dest), dest)
         st = dest.stat()
         final = replace(validators, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        _write_validators(meta_path(dest), final)
+        write_validators(meta_path(dest), final)
         with contextlib.suppress(FileNotFoundError):
-            _partial_meta_path(dest).unlink()
+            partial_meta_path(dest).unlink()
         _fsync_dir(dest.parent)
         return final
 
@@ -607,11 +480,11 @@ class Downloader:
                                         "fix or remove the checksum file")
                 expected.append(Expected(algo, digest, str(sidecar)))
         started = time.monotonic()
-        hashes = _Hashes(tuple(sorted({e.algo for e in expected})))
+        hashes = Hashes(tuple(sorted({e.algo for e in expected})))
         size = source.stat().st_size
-        _discard_partial(dest)
+        discard_partial(dest)
         with source.open("rb") as src, self.progress(f"copying {dest.name}", size) as bar, \
-                _open_at(partial_path(dest), 0) as out:
+                open_at(partial_path(dest), 0) as out:
             while chunk := src.read(CHUNK):
                 out.write(chunk)
                 hashes.update(chunk)
@@ -621,7 +494,7 @@ class Downloader:
         digests = hashes.hexdigests()
         for e in expected:
             if digests[e.algo] != e.hexdigest:
-                _discard_partial(dest)
+                discard_partial(dest)
                 raise DownloadError(f"{source}: {e.algo} mismatch: expected {e.hexdigest} ({e.source}), "
                                     f"got {digests[e.algo]}", "the mirror's file or its checksum is wrong")
         validators = Validators(url, etag=stamp, size=size, digests={e.algo: e.hexdigest for e in expected})
@@ -676,19 +549,3 @@ def _accept(url: str, response: requests.Response, offset: int, started_with: Va
         raise _Transient("server refused the resume range (416); starting over", 0.0, restart=True)
     length = int(headers.get("Content-Length", -1) or -1)
     return 0, length, Validators(url, headers.get("ETag", ""), headers.get("Last-Modified", ""), length)
-
-
-@contextlib.contextmanager
-def _open_at(path: Path, offset: int) -> Iterator[BinaryIO]:
-    """The partial file opened for writing at ``offset``, with anything after it cut off."""
-    mode = "r+b" if offset and path.exists() else "wb"
-    with path.open(mode) as handle:
-        handle.seek(offset)
-        handle.truncate()
-        yield handle
-
-
-def _discard_partial(dest: Path) -> None:
-    for path in (partial_path(dest), _partial_meta_path(dest)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()

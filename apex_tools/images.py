@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Options
-from .download import (
-    Downloader, RetryPolicy, Validators, artifact_lock, cached_validators, human_size, join_url,
-)
+from .download import Downloader, RetryPolicy, human_size, join_url
 from .errors import DownloadError, ImageError
+from .filecache import Validators, artifact_lock, cached_validators
 from .run import Item, RunContext, Status, TargetResult
 from .state import atomic_write, fingerprint
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from apex_tools.config import Layer, resolve
-from apex_tools.download import Downloader, RetryPolicy, meta_path, parse_sidecar, partial_path, retry_after
+from apex_tools.checksums import parse_sidecar
+from apex_tools.download import Downloader, RetryPolicy, retry_after
 from apex_tools.errors import DownloadError, ImageError
+from apex_tools.filecache import meta_path, partial_path
 from apex_tools.images import TARGET, check_members, fetch_images, overcloud_image, retry_policy
 from apex_tools.run import RunContext, Status
 
