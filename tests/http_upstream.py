@@ -106,7 +106,9 @@ http {{
 """)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     err = (root / "stderr.log").open("wb")
-    proc = subprocess.Popen([nginx, "-p", str(root), "-c", str(conf)], stdout=err, stderr=subprocess.STDOUT)
+    # -e: the startup error log too, so nothing is written outside root (even before the config is read).
+    proc = subprocess.Popen([nginx, "-p", str(root), "-e", str(root / "error.log"), "-c", str(conf)],
+                            stdout=err, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while True:
