@@ -228,6 +228,8 @@ class Downloader:
             return f"{dest.name}: download again from {url} (--force)"
         if cached is None:
             return f"{dest.name}: download from {url} (not cached)"
+        if cached.url != url:
+            return f"{dest.name}: download from {url} (cached from {cached.url})"
         source = local_source(url)
         if source is not None:
             stamp = _local_stamp(source)

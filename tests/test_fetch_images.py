@@ -232,6 +232,9 @@ def test_dry_run_plans_and_touches_nothing_then_says_up_to_date(tmp_path, nginx,
     again = fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/", dry_run=True))
     assert again.status is Status.UP_TO_DATE
     assert [(r["method"], r["status"]) for r in nginx.requests()] == [("HEAD", 304), ("HEAD", 304)]
+    moved = fetch_images(run_for(tmp_path, nginx.url + "/slow/{os_version}/", dry_run=True))
+    assert moved.changes[0] == (f"{OC}: download from {nginx.url}/slow/{OS}/{OC} "
+                                f"(cached from {nginx.url}/{OS}/{OC})")
 
 
 # ---- a misbehaving upstream ---------------------------------------------------------------
