@@ -117,7 +117,7 @@ def customize(image: Path, ops: Customization) -> str:
 def sparse_copy(source: Path, dest: Path) -> None:
     """Copy ``source`` to ``dest`` keeping holes (and sharing extents where the filesystem can)."""
     try:
-        _tool("cp")("--reflink=auto", "--sparse=always", "--", str(source), str(dest), _tty_out=False)
+        _tool("cp")("--reflink=auto", "--sparse=auto", "--", str(source), str(dest), _tty_out=False)
     except sh.ErrorReturnCode as exc:
         raise ImageError(
             f"cannot copy {source} to {dest}: {exc.stderr.decode(errors='replace').strip()}",
