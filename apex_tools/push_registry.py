@@ -96,6 +96,15 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
         return list(pool.map(head, images))
 
 
+def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str | None) -> str:
+    """The inputs that matter: each image's names, upstream digest and parameters; rebuild keys."""
+    return fingerprint({
+        "images": [(str(h.image.source), str(h.image.target), h.upstream, h.image.parameters) for h in heads],
+        "rebuilds": [(a.rebuild.image, str(a.key) if a.key else None, a.action == SKIP) for a in actions],
+        "insecure": insecure,
+    })
+
+
 def _naming(run: RunContext) -> Naming:
     up = run.options.upstream
     return Naming(up.registry, run.expand(up.namespace), up.name_prefix, up.tag, run.registry_address,
@@ -125,11 +134,13 @@ def push_registry(run: RunContext) -> TargetResult:
     rebuilds = find_rebuilds(work_dir / "containers", local, planned if isinstance(planned, dict) else None)
     rebuild_names = {r.image for r in rebuilds}
 
+    local_up = {"answering": registry_action is None}
+
     def base_digest(ref: ImageRef) -> str | None:
         head = by_local_ref.get(str(ref.with_registry(local)))
         if head is not None:
             return head.upstream
-        if registry_action is not None:
+        if not local_up["answering"]:
             return None
         found = local_client.head_manifest(ref.repository, ref.reference)
         return found[0] if found else None
@@ -137,11 +148,7 @@ def push_registry(run: RunContext) -> TargetResult:
     actions = plan_rebuilds(rebuilds, local_client, base_digest) if registry_action is None else [
         RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
     insecure = local if tls_mode(options.registry.tls, options.registry.insecure) != "verify" else None
-    fp = fingerprint({
-        "images": [(str(h.image.source), str(h.image.target), h.upstream, h.image.parameters) for h in heads],
-        "rebuilds": [(a.rebuild.image, str(a.key) if a.key else None, a.action == SKIP) for a in actions],
-        "insecure": insecure,
-    })
+    fp = _fingerprint(heads, actions, insecure)
     outputs = [work_dir / name for name in ("overcloud_containers.yaml", "sdn_containers.yaml", PARAMETER_FILE)]
     all_there = registry_action is None and all(h.upstream and h.local == h.upstream for h in heads)
     if all_there and all(a.action in (CURRENT, SKIP) for a in actions) and run.up_to_date(TARGET, fp):
@@ -174,7 +181,10 @@ def push_registry(run: RunContext) -> TargetResult:
         return TargetResult(TARGET, Status.FAILED, changes, items)
 
     if registry_action is not None:
+        # Only now can the rebuilds be looked up; the fingerprint follows their keys.
+        local_up["answering"] = True
         actions = plan_rebuilds(rebuilds, local_client, base_digest)
+        fp = _fingerprint(heads, actions, insecure)
     done = apply_rebuilds(actions, _builder(options, insecure), local_client) if actions else []
     for action in actions:
         if action.action == SKIP:

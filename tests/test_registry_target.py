@@ -146,6 +146,7 @@ def test_patched_image_rebuilt_as_apex_and_found_again(lab, builder, docker_clie
     again = push_registry(RunContext(lab["options"](builder=builder), force=True))
     assert not [i for i in again.items if i.status == "rebuilt"], "same base and patches: nothing is built"
     assert client.tags(NOVA_API) == tags
+    assert push_registry(RunContext(lab["options"](builder=builder))).status is Status.UP_TO_DATE
 
 
 def test_patch_that_does_not_apply_fails_and_pushes_nothing(lab):
