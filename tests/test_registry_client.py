@@ -188,3 +188,54 @@ def test_rejected_token_gets_exactly_one_reauthentication(token_registry):
     issued = len(tokens.issued)
     assert client.head_manifest("apex/t", "v1") is not None
     assert len(tokens.issued) == issued + 1, "the rejected token was replaced once"
+
+
+@pytest.fixture
+def tls_registry(tmp_path):
+    """A registry serving HTTPS with a self-signed certificate (not trusted by the system)."""
+    import shutil
+    import subprocess
+
+    import requests
+    import yaml
+
+    from conftest import free_port, need, stop_process
+
+    need(shutil.which("docker-registry") is not None, "docker-registry")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "tls.key"),
+                    "-out", str(tmp_path / "tls.crt")], capture_output=True, check=True)
+    address = f"127.0.0.1:{free_port()}"
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}},
+        "http": {"addr": address, "tls": {"certificate": str(tmp_path / "tls.crt"), "key": str(tmp_path / "tls.key")}},
+    }))
+    proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"https://{address}/v2/", verify=False, timeout=2)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield address
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_modes_are_explicit(tls_registry):
+    no_verify = RegistryClient(tls_registry, tls="no-verify")
+    assert no_verify.base.startswith("https://") and no_verify.ping()
+    push_image(no_verify, "apex/tls", "v1", [layer_blob("tls", 100)])
+    with pytest.raises(RegistryError, match="TLS failed") as caught:
+        RegistryClient(tls_registry, tls="verify").head_manifest("apex/tls", "v1")
+    assert "no-verify" in caught.value.hint
+    with pytest.raises(RegistryHTTPError) as plain:
+        RegistryClient(tls_registry, tls="http", retries=0).head_manifest("apex/tls", "v1")
+    assert plain.value.status == 400, "plain HTTP to an HTTPS registry is refused, not silently upgraded"
