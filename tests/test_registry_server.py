@@ -88,3 +88,13 @@ def test_registry_that_cannot_bind_reports_its_log(work_dir):
             ensure_local_registry(address, work_dir, client)
         assert "address already in use" in str(caught.value)
         assert not paths(work_dir)["pid"].exists()
+
+
+def test_a_second_start_from_the_same_work_dir_at_another_address_is_refused(work_dir):
+    need(__import__("shutil").which("docker-registry") is not None, "docker-registry")
+    first = f"127.0.0.1:{free_port()}"
+    started = ensure_local_registry(first, work_dir, RegistryClient(first, tls="http"))
+    other = f"127.0.0.1:{free_port()}"
+    with pytest.raises(RegistryError, match=f"pid {started.pid}.* does not answer at http://{other}/v2/"):
+        ensure_local_registry(other, work_dir, RegistryClient(other, tls="http"))
+    assert int(paths(work_dir)["pid"].read_text()) == started.pid, "the first one is still the one recorded"

@@ -105,6 +105,13 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
             f"registry {address} does not answer at {client.base}/v2/",
             "start it (it is not on this machine)" if start else "start it, or set registry.start to let apex do so",
         )
+    running = _running_pid(work_dir)
+    if running is not None:
+        # Starting a second one would orphan the first (one pidfile per work dir).
+        raise RegistryError(
+            f"the registry this work dir started (pid {running}) runs but does not answer at {client.base}/v2/",
+            f"stop it (kill {running}) or set registry.address to the address it serves",
+        )
     binary = shutil.which(BINARY)
     if binary is None:
         raise RegistryError(f"cannot start the local registry on {address}: {BINARY} not found",
