@@ -25,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .run import Progress, TargetResult
 
@@ -85,15 +86,11 @@ class Output:
             table.add_column(column, overflow="fold")
         for result in results:
             style = "red" if result.failed else "green" if result.status.value == "changed" else None
-            table.add_row(
-                result.target,
-                result.status.value,
-                f"{result.seconds:.1f}s",
-                "\n".join(result.changes) or "-",
-                style=style,
-            )
+            # Text cells, not markup: details such as "[/dev/sdb]" must print as they are.
+            cells = (result.target, result.status.value, f"{result.seconds:.1f}s", "\n".join(result.changes) or "-")
+            table.add_row(*map(Text, cells), style=style)
             for item in result.items:
-                table.add_row(f"  {item.name}", item.status, "", item.detail or "")
+                table.add_row(*map(Text, (f"  {item.name}", item.status, "", item.detail or "")))
         self.out.print(table)
 
 

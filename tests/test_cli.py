@@ -104,3 +104,13 @@ def test_a_failing_target_stops_the_chain_with_a_clean_message(tmp_path):
     assert "apex: undercloud: this target is not built yet" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "work" / "apex.log").is_file()
+
+
+def test_summary_prints_brackets_literally(capsys):
+    from apex_tools.console import Output
+    from apex_tools.run import Item, TargetResult
+
+    Output(quiet=True).summary([TargetResult("ceph-loop", Status.CHANGED, ["devices [/dev/sdb]"],
+                                             [Item("[bold]x", "ok", "[/red]")])])
+    out = capsys.readouterr().out
+    assert "devices [/dev/sdb]" in out and "[bold]x" in out and "[/red]" in out
