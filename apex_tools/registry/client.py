@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,7 +177,6 @@ class RegistryClient:
         self.timeout = timeout
         self.tokens = TokenCache()
         self._basic = False
-        self._lock = threading.Lock()
         self.session = session or requests.Session()
         adapter = _Adapter(pool_connections=pool, pool_maxsize=pool)
         self.session.mount("http://", adapter)
@@ -260,23 +258,29 @@ class RegistryClient:
                     f"TLS failed: {exc}", "set the registry's tls mode to no-verify or http if it is meant to be",
                     None, **where,
                 ) from None
-            except requests.ConnectionError as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if replayable and attempt <= self.retries:
                     self._sleep(attempt, None, f"{method} {url}: {exc.__class__.__name__}")
                     continue
                 raise self._error(
-                    f"cannot connect ({exc.__class__.__name__}: {exc})", "check that the registry is running "
-                    "and reachable", None, retryable=True, **where,
+                    f"cannot connect or the connection broke ({exc.__class__.__name__}: {exc})",
+                    "check that the registry is running and reachable", None, retryable=True, **where,
                 ) from None
+            except requests.RequestException as exc:
+                raise self._error(f"{method} failed: {exc.__class__.__name__}: {exc}", "see the registry's log",
+                                  None, **where) from None
             if response.status_code in ok:
                 return response
+            renewed = False
             if response.status_code == 401 and not reauthenticated:
                 reauthenticated = True
-                if self._authenticate(response, scope, where) and replayable:
+                renewed = self._authenticate(response, scope, where)
+                if renewed and replayable:
                     response.close()
                     continue
             status = response.status_code
-            retryable = status == 429 or status >= 500
+            # A streamed body cannot be replayed here; with fresh credentials its caller may resend it.
+            retryable = status == 429 or status >= 500 or renewed
             if retryable and replayable and attempt <= self.retries:
                 self._sleep(attempt, response, f"{method} {url}: HTTP {status}")
                 response.close()
