@@ -108,6 +108,15 @@ def test_missing_upstream_image_fails_alone(upstream_images, registry):
 
 def test_engine_built_images_sharing_a_base_mirror_with_their_digests(docker_client, base_image, registry_factory):
     upstream, local = registry_factory("upstream"), registry_factory("local")
+    try:
+        _mirror_engine_images(docker_client, base_image, upstream, local)
+    finally:
+        from test_registry_target import _forget_images
+
+        _forget_images(docker_client, (upstream.address, local.address))
+
+
+def _mirror_engine_images(docker_client, base_image, upstream, local):
     names = []
     for i in range(3):
         dockerfile = f"FROM {base_image}\nRUN echo shared > /shared\nRUN head -c {20000 + i} /dev/urandom > /own{i}\n"

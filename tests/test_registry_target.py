@@ -4,8 +4,10 @@ registry started by the target itself, real builds with the engine and with buil
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,24 @@ def lab(registry_factory, tmp_path, docker_client, nova_api_image):
     yield {"options": options, "work": work, "local": local, "upstream": upstream, "catalog": catalog,
            "settings": settings}
     stop_local_registry(work)
+    _forget_images(docker_client, (local, upstream.address))
+
+
+def _forget_images(docker_client, registries) -> None:
+    """Drop the engine's and buildah's tags of these (now stopped) registries."""
+    import docker
+
+    for image in docker_client.images.list():
+        for tag in image.tags:
+            if tag.startswith(tuple(f"{r}/" for r in registries)):
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(tag, force=True)
+    if shutil.which("buildah"):
+        listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True,
+                                text=True).stdout.split()
+        doomed = [name for name in listed if name.startswith(tuple(f"{r}/" for r in registries))]
+        if doomed:
+            subprocess.run(["buildah", "rmi", "--force", *doomed], capture_output=True)
 
 
 def _params(work: Path) -> dict:
