@@ -61,7 +61,7 @@ def test_env_booleans(env, expected):
 
 BAD = [
     ("unknown-top-key", "buidler: docker\n", {}, ["runtime file", "buidler: unknown key (allowed:", "builder"]),
-    ("unknown-section-key", "registry:\n  adress: x\n", {}, ["registry.adress: unknown key (allowed: registry.address, registry.insecure)"]),
+    ("unknown-section-key", "registry:\n  adress: x\n", {}, ["registry.adress: unknown key (allowed: registry.address, registry.insecure"]),
     ("bad-builder", "builder: podman\n", {}, ["builder: 'podman':", "'docker' or 'buildah'"]),
     ("jobs-zero", "jobs: 0\n", {}, ["jobs: 0:", "greater than or equal to 1"]),
     ("env-bad-bool", "", {"APEX_REGISTRY_INSECURE": "perhaps"}, ["environment APEX_REGISTRY_INSECURE: registry.insecure: 'perhaps' is not a boolean"]),
