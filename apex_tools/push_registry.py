@@ -22,7 +22,16 @@ from .registry.auth import Credentials, docker_config_credentials
 from .registry.client import RegistryClient
 from .registry.deployment import DeploymentImage, Naming, deployment_images, image_lists, parameter_file, parameter_refs
 from .registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror
-from .registry.rebuild import BUILD, CURRENT, SKIP, RebuildAction, apply_rebuilds, find_rebuilds, plan_rebuilds
+from .registry.rebuild import (
+    BUILD,
+    CURRENT,
+    SKIP,
+    Rebuild,
+    RebuildAction,
+    apply_rebuilds,
+    find_rebuilds,
+    plan_rebuilds,
+)
 from .registry.server import ensure_local_registry, plan_local_registry
 from .run import Item, RunContext, Status, TargetResult
 from .state import fingerprint, write_if_changed
@@ -49,11 +58,14 @@ class Clients:
         self._lock = threading.Lock()
 
     def _settings(self, host: str) -> tuple[str, Credentials | None]:
+        """The local registry uses ``registry.*``; upstream (and its Ceph registry) ``upstream.*``;
+        any other host verifies TLS and takes credentials from docker's config.json."""
+        upstream_hosts = {self.upstream, self.options.upstream.ceph_registry} - {""}
+        if host != self.local and host not in upstream_hosts:
+            return "verify", docker_config_credentials(host)
         section = self.options.registry if host == self.local else self.options.upstream
-        tls = tls_mode(section.tls, section.insecure) if host in (self.local, self.upstream) else "verify"
-        credentials = Credentials(section.username, section.password) if section.username and host in (
-            self.local, self.upstream) else docker_config_credentials(host)
-        return tls, credentials
+        credentials = Credentials(section.username, section.password) if section.username else None
+        return tls_mode(section.tls, section.insecure), credentials or docker_config_credentials(host)
 
     def __call__(self, host: str) -> RegistryClient:
         with self._lock:
@@ -111,66 +123,107 @@ def _naming(run: RunContext) -> Naming:
                   up.ceph_registry)
 
 
-def push_registry(run: RunContext) -> TargetResult:
-    """Mirror, rebuild, write the lists and the parameter file (check → plan → apply)."""
-    options = run.options
-    work_dir = Path(options.work_dir)
-    naming = _naming(run)
-    local = naming.local_registry
-    clients = Clients(options, local, naming.upstream_registry)
-    local_client = clients(local)
-    images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
+@dataclass
+class _Check:
+    """What the check found: the images and their digests, the rebuilds, what the registry needs."""
 
-    # -- check ---------------------------------------------------------------------------------
-    registry_action = plan_local_registry(local, local_client, options.registry.start)
+    images: list[DeploymentImage]
+    heads: list[_Head]
+    rebuilds: list[Rebuild]
+    actions: list[RebuildAction]
+    registry_action: str | None
+    silent: set[str]
+    insecure: str | None
+    fp: str
+
+    @property
+    def to_copy(self) -> list[_Head]:
+        return [h for h in self.heads if not (h.upstream and h.local == h.upstream)]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.registry_action is None and not self.to_copy and all(
+            a.action in (CURRENT, SKIP) for a in self.actions)
+
+
+class _BaseDigests:
+    """A rebuild's base digest: the upstream digest of a mirrored image, else a HEAD on the local registry."""
+
+    def __init__(self, heads: list[_Head], local: RegistryClient, answering: bool) -> None:
+        self.by_ref = {str(h.image.target): h.upstream for h in heads}
+        self.local = local
+        self.answering = answering
+
+    def __call__(self, ref: ImageRef) -> str | None:
+        key = str(ref.with_registry(self.local.host))
+        if key in self.by_ref:
+            return self.by_ref[key]
+        if not self.answering:
+            return None
+        found = self.local.head_manifest(ref.repository, ref.reference)
+        return found[0] if found else None
+
+
+def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _BaseDigests]:
+    """One HEAD per image on each side, the rebuild keys; raises when an upstream is silent (not in a dry run)."""
+    options = run.options
+    local = clients(naming.local_registry)
+    images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
+    registry_action = plan_local_registry(local.host, local, options.registry.start)
     silent = {host for host in sorted({i.source.registry for i in images}) if not clients(host).ping()}
     if silent and not run.dry_run:
         raise RegistryError(f"upstream registry {', '.join(sorted(silent))} does not answer at /v2/",
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
     heads = _heads(images, clients, registry_action is None, options.jobs, silent)
-    by_local_ref = {str(h.image.target): h for h in heads}
     record = run.state.load("patch-containers")
     planned = record.data.get("rebuild") if record is not None else None
-    rebuilds = find_rebuilds(work_dir / "containers", local, planned if isinstance(planned, dict) else None)
-    rebuild_names = {r.image for r in rebuilds}
-
-    local_up = {"answering": registry_action is None}
-
-    def base_digest(ref: ImageRef) -> str | None:
-        head = by_local_ref.get(str(ref.with_registry(local)))
-        if head is not None:
-            return head.upstream
-        if not local_up["answering"]:
-            return None
-        found = local_client.head_manifest(ref.repository, ref.reference)
-        return found[0] if found else None
-
-    actions = plan_rebuilds(rebuilds, local_client, base_digest) if registry_action is None else [
+    rebuilds = find_rebuilds(Path(options.work_dir) / "containers", local.host,
+                             planned if isinstance(planned, dict) else None)
+    bases = _BaseDigests(heads, local, registry_action is None)
+    actions = plan_rebuilds(rebuilds, local, bases) if registry_action is None else [
         RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
-    insecure = local if tls_mode(options.registry.tls, options.registry.insecure) != "verify" else None
-    fp = _fingerprint(heads, actions, insecure)
+    insecure = local.host if tls_mode(options.registry.tls, options.registry.insecure) != "verify" else None
+    check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
+                   _fingerprint(heads, actions, insecure))
+    return check, bases
+
+
+def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
+    """The actions a run would take, one line each with its reason."""
+    plan = [check.registry_action] if check.registry_action else []
+    plan += [f"upstream registry {host} does not answer: a real run stops here" for host in sorted(check.silent)]
+    if check.to_copy:
+        plan.append(f"mirror {len(check.to_copy)} of {len(check.images)} images to {local} "
+                    "(not there, or upstream moved)")
+    plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in check.actions if a.action != CURRENT]
+    plan.append(f"write {', '.join(p.name for p in outputs)} in {outputs[0].parent}")
+    return plan
+
+
+def push_registry(run: RunContext) -> TargetResult:
+    """Mirror, rebuild, write the lists and the parameter file (check → plan → apply)."""
+    options = run.options
+    work_dir = Path(options.work_dir)
+    naming = _naming(run)
+    clients = Clients(options, naming.local_registry, naming.upstream_registry)
     outputs = [work_dir / name for name in ("overcloud_containers.yaml", "sdn_containers.yaml", PARAMETER_FILE)]
-    all_there = registry_action is None and all(h.upstream and h.local == h.upstream for h in heads)
-    if all_there and all(a.action in (CURRENT, SKIP) for a in actions) and run.up_to_date(TARGET, fp):
+    check, bases = _check(run, clients, naming)
+    if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
         return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
-
-    # -- plan ----------------------------------------------------------------------------------
-    to_copy = [h for h in heads if not (h.upstream and h.local == h.upstream)]
-    plan = [registry_action] if registry_action else []
-    plan += [f"upstream registry {host} does not answer: a real run stops here" for host in sorted(silent)]
-    if to_copy:
-        plan.append(f"mirror {len(to_copy)} of {len(images)} images to {local} (not there, or upstream moved)")
-    plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in actions if a.action != CURRENT]
-    plan.append(f"write {', '.join(p.name for p in outputs)} in {work_dir}")
     if run.dry_run:
-        return TargetResult(TARGET, Status.PLANNED, plan)
+        return TargetResult(TARGET, Status.PLANNED, _plan(check, naming.local_registry, outputs))
+    return _apply(run, clients, check, bases, outputs)
 
-    # -- apply ---------------------------------------------------------------------------------
+
+def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests, outputs: list[Path]) -> TargetResult:
+    """Start the registry if needed, mirror, rebuild, check, write the files, record the state."""
+    options = run.options
+    local = clients(_naming(run).local_registry)
     changes: list[str] = []
-    started = ensure_local_registry(local, work_dir, local_client, options.registry.start)
+    started = ensure_local_registry(local.host, Path(options.work_dir), local, options.registry.start)
     if started.started:
-        changes.append(f"started the local registry on {local} (pid {started.pid})")
-    results = _mirror(run, clients, heads)
+        changes.append(f"started the local registry on {local.host} (pid {started.pid})")
+    results = _mirror(run, clients, check.heads)
     items = [Item(r.job.target.repository, r.status, r.detail) for r in results]
     failed = [r for r in results if r.status == FAILED]
     mirrored = [r for r in results if r.status not in (FAILED, ALREADY_THERE)]
@@ -180,31 +233,33 @@ def push_registry(run: RunContext) -> TargetResult:
         changes.append(f"{len(failed)} images failed to mirror; nothing rebuilt, no parameter file written")
         return TargetResult(TARGET, Status.FAILED, changes, items)
 
-    if registry_action is not None:
+    actions, fp = check.actions, check.fp
+    if check.registry_action is not None:
         # Only now can the rebuilds be looked up; the fingerprint follows their keys.
-        local_up["answering"] = True
-        actions = plan_rebuilds(rebuilds, local_client, base_digest)
-        fp = _fingerprint(heads, actions, insecure)
-    done = apply_rebuilds(actions, _builder(options, insecure), local_client) if actions else []
+        bases.answering = True
+        actions = plan_rebuilds(check.rebuilds, local, bases)
+        fp = _fingerprint(check.heads, actions, check.insecure)
+    done = apply_rebuilds(actions, _builder(options, check.insecure), local) if actions else []
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
         elif action in done:
-            items.append(Item(action.rebuild.target.repository, "rebuilt" if action.action == BUILD else "retagged",
+            verb = "rebuilt" if action.action == BUILD else "retagged"
+            items.append(Item(action.rebuild.target.repository, verb,
                               f"{action.rebuild.target} = {action.key.tag if action.key else ''}"))
-            changes.append(f"{'rebuilt' if action.action == BUILD else 'retagged'} {action.rebuild.target}")
+            changes.append(f"{verb} {action.rebuild.target}")
     rebuilt = {a.rebuild.image for a in actions if a.action != SKIP}
 
-    refs = parameter_refs(images, rebuilt)
+    refs = parameter_refs(check.images, rebuilt)
     _check_present(refs, clients)
-    files = {**image_lists(images), PARAMETER_FILE: parameter_file(refs, insecure)}
-    for name, content in files.items():
-        if write_if_changed(work_dir / name, content):
-            changes.append(f"wrote {work_dir / name}")
+    files = {**image_lists(check.images), PARAMETER_FILE: parameter_file(refs, check.insecure)}
+    for path in outputs:
+        if write_if_changed(path, files[path.name]):
+            changes.append(f"wrote {path}")
     run.state.save(TARGET, fp, outputs=outputs, data={
-        "registry": local,
-        "images": {str(h.image.target): h.upstream for h in heads},
-        "rebuilt": sorted(rebuilt & rebuild_names),
+        "registry": local.host,
+        "images": {str(h.image.target): h.upstream for h in check.heads},
+        "rebuilt": sorted(rebuilt),
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
 
