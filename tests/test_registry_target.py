@@ -205,3 +205,24 @@ def test_silent_upstream_is_planned_in_a_dry_run_and_stops_a_real_run(tmp_path):
     with pytest.raises(RegistryError, match=f"upstream registry {upstream} does not answer"):
         push_registry(RunContext(options))
     assert not RegistryClient(local, tls="http").ping(), "nothing was started"
+
+
+def test_returning_to_an_earlier_patch_set_retags_without_building(lab):
+    work, local = lab["work"], lab["local"]
+    client = RegistryClient(local, tls="http")
+    _patch_context(work, local, GOOD_PATCH)
+    first = push_registry(RunContext(lab["options"]()))
+    assert [i.status for i in first.items if i.name == NOVA_API][-1] == "rebuilt"
+    first_digest = client.head_manifest(NOVA_API, "apex")
+
+    other = GOOD_PATCH.replace("+new line", "+other line")
+    _patch_context(work, local, other)
+    second = push_registry(RunContext(lab["options"]()))
+    assert [i.status for i in second.items if i.name == NOVA_API][-1] == "rebuilt"
+    assert client.head_manifest(NOVA_API, "apex") != first_digest
+
+    _patch_context(work, local, GOOD_PATCH)
+    third = push_registry(RunContext(lab["options"]()))
+    assert [i.status for i in third.items if i.name == NOVA_API][-1] == "retagged"
+    assert client.head_manifest(NOVA_API, "apex") == first_digest
+    assert len([t for t in client.tags(NOVA_API) if t.startswith("apex-")]) == 2
