@@ -24,6 +24,13 @@ def _split(ref: str) -> tuple[str, str]:
     return repository, tag
 
 
+def _hint(message: str, context: Path) -> str:
+    if "HTTP response to HTTPS client" in message:
+        return ("the engine refuses the plain-HTTP registry: list it under insecure-registries in "
+                "/etc/docker/daemon.json (loopback is allowed by default), or set builder: buildah")
+    return f"fix the Dockerfile or patches in {context}, then re-run"
+
+
 class DockerBuilder(Builder):
     """Builds with the running engine (host network) and pushes with it."""
 
@@ -57,7 +64,7 @@ class DockerBuilder(Builder):
                 message = chunk.get("error") or chunk["errorDetail"].get("message", "")
                 log.debug("build of %s failed:\n%s", context, "\n".join(lines + [message]))
                 raise build_failure(f"building {tags[0]} from {context} failed: {message.strip()}", lines + [message],
-                                    f"fix the Dockerfile or patches in {context}, then re-run")
+                                    _hint(message, context))
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
         log.debug("built %s:\n%s", tags[0], "\n".join(lines))
