@@ -119,7 +119,8 @@ def main() -> int:
         upstream = registry("upstream")
         print(f"seeding {sizes['small']} images over a shared base + {sizes['large']} large ones ...", flush=True)
         repositories, unique = seed(upstream, **sizes)
-        print(f"{len(repositories)} images, {unique / 2**20:.1f} MiB of unique blobs\n")
+        print(f"{len(repositories)} images, {unique / 2**20:.1f} MiB of unique blobs; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
 
         ours = registry("mirror")
         clients = {upstream.host: upstream, ours.host: ours}
