@@ -42,7 +42,8 @@ from .catalog import Catalog, load_catalog
 from .dockerfile import ImagePatch, render_dockerfile, render_odl_repo
 from .errors import GerritError, RegistryError, SettingsError
 from .gerrit import GerritClient
-from .image_config import ImageInfo, Inspector, inspect_image, parse_time
+from .image_config import ImageInfo, Inspector, inspect_image
+from .registry.auth import parse_time
 from .patches import Location, PatchPart, load_projects, sort_patch
 from .reference import ImageRef
 from .run import Item, RunContext, Status, TargetResult

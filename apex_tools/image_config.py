@@ -7,13 +7,13 @@ or a list/index, whose linux/amd64 entry is followed), then the config blob.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import RegistryError
 from .reference import ImageRef
+from .registry.auth import parse_time
 from .registry.client import RegistryClient, RegistryHTTPError
 
 
@@ -27,14 +27,6 @@ class ImageInfo:
 
 # ``inspect(ref) -> ImageInfo | None``; None means the image does not exist there.
 Inspector = Callable[[ImageRef], "ImageInfo | None"]
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 time with up to nanoseconds (Go's format) as an aware datetime."""
-    if not text:
-        return None
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
-    return datetime.fromisoformat(text)
 
 
 def _platform_entry(children: list[dict]) -> dict | None:

@@ -171,6 +171,8 @@ def show_config(c: Context, key: str = "") -> None:
     width = max(len(k) for k in keys)
     for name in keys:
         value = effective.values[name]
+        if name.endswith("password") and value:
+            value = "********"  # set, but never shown
         print(f"{name:<{width}}  {value!s:<40}  # {effective.sources[name]}  (env {env_name(name)})")
 
 

@@ -115,3 +115,10 @@ def test_summary_prints_brackets_literally(capsys):
                                              [Item("[bold]x", "ok", "[/red]")])])
     out = capsys.readouterr().out
     assert "devices [/dev/sdb]" in out and "[bold]x" in out and "[/red]" in out
+
+
+def test_config_never_prints_passwords():
+    result = cli("apex", "config", env={"APEX_REGISTRY_PASSWORD": "s3cret", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    assert "********" in next(l for l in result.stdout.splitlines() if l.startswith("registry.password"))

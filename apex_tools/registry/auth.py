@@ -114,11 +114,13 @@ class TokenCache:
             self._tokens[scope] = _Token(value, expires)
 
 
-def _parse_time(text: str) -> float | None:
-    """An RFC 3339 time (fractions beyond microseconds dropped) as a timestamp, or None."""
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time (Go's nanoseconds cut to microseconds) as an aware datetime, or None."""
+    if not text:
+        return None
     text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace("Z", "+00:00"))
     try:
-        return datetime.fromisoformat(text).timestamp()
+        return datetime.fromisoformat(text)
     except ValueError:
         return None
 
@@ -126,7 +128,8 @@ def _parse_time(text: str) -> float | None:
 def _expiry(answer: dict[str, object]) -> float:
     """When a token expires: ``issued_at`` + ``expires_in`` (spec default 60 s)."""
     now = time.time()
-    issued = _parse_time(answer["issued_at"]) if isinstance(answer.get("issued_at"), str) else None
+    issued_at = parse_time(answer["issued_at"]) if isinstance(answer.get("issued_at"), str) else None
+    issued = issued_at.timestamp() if issued_at else None
     # A skewed clock must not make a fresh token look expired, nor an old one fresh.
     issued = min(issued or now, now)
     lifetime = answer.get("expires_in")
