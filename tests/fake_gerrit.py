@@ -10,12 +10,13 @@ import base64
 import contextlib
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote, unquote, urlsplit
+
+from conftest import serve_http
 
 
 @dataclass
@@ -111,16 +112,9 @@ def _handler(gerrit: FakeGerrit) -> type[BaseHTTPRequestHandler]:
 def run_fake_gerrit() -> Iterator[FakeGerrit]:
     """Serve a FakeGerrit on a free 127.0.0.1 port; shut it down afterwards."""
     gerrit = FakeGerrit()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(gerrit))
-    gerrit.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(gerrit)) as address:
+        gerrit.url = f"http://{address}"
         yield gerrit
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def git_patch(change_id: str, files: dict[str, tuple[str, str]], subject: str = "A change") -> str:

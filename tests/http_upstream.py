@@ -15,14 +15,13 @@ import http.server
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port, stop_process
+from conftest import free_port, serve_http, stop_process
 
 LOG_FORMAT = '$request_method $uri $status $body_bytes_sent "$http_range" "$http_if_none_match"'
 
@@ -264,14 +263,6 @@ def _handler(server: ScriptedServer) -> type[http.server.BaseHTTPRequestHandler]
 def scripted_server() -> Iterator[ScriptedServer]:
     """Run a ScriptedServer on a free loopback port in a thread; shut it down afterwards."""
     state = ScriptedServer()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="scripted-upstream", daemon=True)
-    thread.start()
-    try:
+    with serve_http(_handler(state)) as address:
+        state.port = int(address.rsplit(":", 1)[1])
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)

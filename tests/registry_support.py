@@ -10,7 +10,6 @@ import http.server
 import io
 import json
 import os
-import socketserver
 import subprocess
 import tarfile
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import requests
 
 from apex_tools.registry.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Manifest, RegistryClient
+from conftest import serve_http
 
 
 def digest_of(data: bytes) -> str:
@@ -190,28 +190,11 @@ def _handler(proxy: Proxy) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-@contextlib.contextmanager
-def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` on a free loopback port in a thread; yields ``host:port``; stops after."""
-    server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @contextlib.contextmanager
 def run_proxy(upstream_url: str) -> Iterator[Proxy]:
     """A counting, failure-injecting proxy in front of ``upstream_url``."""
     proxy = Proxy(upstream_url)
-    with serve(_handler(proxy)) as address:
+    with serve_http(_handler(proxy)) as address:
         proxy.address = address
         yield proxy
 
@@ -306,6 +289,6 @@ def run_token_server(folder: Path, users: dict[str, str], lifetime: int = 60) ->
     server = TokenServer(folder, users, lifetime)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=apex-test",
                     "-keyout", str(server.key), "-out", str(server.cert)], capture_output=True, check=True)
-    with serve(_token_handler(server)) as address:
+    with serve_http(_token_handler(server)) as address:
         server.address = address
         yield server
