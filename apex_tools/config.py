@@ -110,16 +110,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class UpstreamOptions(_Strict):
+class _RegistryAccess(_Strict):
+    """How to talk to a registry: TLS mode (empty: derived from ``insecure``) and credentials."""
+
+    insecure: bool
+    tls: Literal["", "verify", "no-verify", "http"]
+    username: str
+    password: str = Field(repr=False)
+
+
+class UpstreamOptions(_RegistryAccess):
     images_url: str
     registry: str
     namespace: str
     name_prefix: str
     tag: str
-    insecure: bool
-    tls: Literal["", "verify", "no-verify", "http"]
-    username: str
-    password: str = Field(repr=False)
     ceph_registry: str
 
 
@@ -129,12 +134,8 @@ class GerritOptions(_Strict):
     tries: int = Field(ge=1, le=20)
 
 
-class RegistryOptions(_Strict):
+class RegistryOptions(_RegistryAccess):
     address: str
-    insecure: bool
-    tls: Literal["", "verify", "no-verify", "http"]
-    username: str
-    password: str = Field(repr=False)
     start: bool
 
 
