@@ -330,35 +330,40 @@ def test_docker_build_applies_the_patch_and_restores_the_user(tmp_path, upstream
     assert "FAILED" in str(err.value) or "returned a non-zero code" in str(err.value)
 
 
+def run_buildah(argv: list[str], **kwargs):
+    """buildah with its own /dev/null: it leaves an inherited stdin non-blocking, which ansible refuses later."""
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, **kwargs)
+
+
 def test_buildah_bud_applies_the_patch(tmp_path, upstream):
     need(shutil.which("buildah") is not None, "buildah (Debian package buildah)")
     context = build_context(tmp_path, upstream.address, NOVA_PATCH)
     tag = f"localhost/apex-test/buildah-nova-api:{tmp_path.name.lower()}"
     common = ["--storage-driver", "vfs"]
-    bud = subprocess.run(["buildah", *common, "bud", "--isolation", "chroot", "--network", "host",
+    bud = run_buildah(["buildah", *common, "bud", "--isolation", "chroot", "--network", "host",
                           "--tls-verify=false", "-t", tag, str(context)], capture_output=True, text=True)
     assert bud.returncode == 0, bud.stderr[-2000:]
     try:
-        inspect = json.loads(subprocess.run(["buildah", *common, "inspect", "--type", "image", tag],
+        inspect = json.loads(run_buildah(["buildah", *common, "inspect", "--type", "image", tag],
                                             capture_output=True, text=True, check=True).stdout)
         assert inspect["OCIv1"]["config"]["User"] == "nova"
         assert inspect["OCIv1"]["config"]["Labels"]["io.opnfv.apex.patch.01"].startswith("openstack/nova")
-        ctr = subprocess.run(["buildah", *common, "from", tag], capture_output=True, text=True, check=True).stdout.strip()
+        ctr = run_buildah(["buildah", *common, "from", tag], capture_output=True, text=True, check=True).stdout.strip()
         try:
             # Read as root: chroot isolation cannot exec as the image's user on this host.
-            out = subprocess.run(["buildah", *common, "run", "--isolation", "chroot", "--user", "root", ctr, "--", "cat",
+            out = run_buildah(["buildah", *common, "run", "--isolation", "chroot", "--user", "root", ctr, "--", "cat",
                                   f"{SITE}/nova/api.py"], capture_output=True, text=True, check=True).stdout
             assert 'return "new"' in out
         finally:
-            subprocess.run(["buildah", *common, "rm", ctr], capture_output=True)
+            run_buildah(["buildah", *common, "rm", ctr], capture_output=True)
     finally:
-        subprocess.run(["buildah", *common, "rmi", "-f", tag], capture_output=True)
+        run_buildah(["buildah", *common, "rmi", "-f", tag], capture_output=True)
 
     bad = build_context(tmp_path / "bad", upstream.address, BAD_PATCH)
-    failed = subprocess.run(["buildah", *common, "bud", "--isolation", "chroot", "--network", "host",
+    failed = run_buildah(["buildah", *common, "bud", "--isolation", "chroot", "--network", "host",
                              "--tls-verify=false", "-t", tag + "-bad", str(bad)], capture_output=True, text=True)
     # buildah keeps pulled bases in its own storage: drop them, the registry port changes per run.
-    subprocess.run(["buildah", *common, "rmi", "-f", f"{upstream.address}/buildtest/centos-binary-nova-api:current-tripleo"],
+    run_buildah(["buildah", *common, "rmi", "-f", f"{upstream.address}/buildtest/centos-binary-nova-api:current-tripleo"],
                    capture_output=True)
     assert failed.returncode != 0
     assert "FAILED" in failed.stdout + failed.stderr or "Hunk #1" in failed.stdout + failed.stderr

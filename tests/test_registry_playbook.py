@@ -33,7 +33,8 @@ def _run_playbook(work: Path, home: Path) -> subprocess.CompletedProcess[str]:
         ["ansible-playbook", "-i", str(inventory), str(PLAYBOOK), "-e", f"apex_work_dir={work}",
          "-e", f"stack_home={home}", "-e", f"stack_user={user}",
          "-e", f"stack_group={grp.getgrgid(os.getgid()).gr_name}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        # A fresh /dev/null: ansible refuses a stdin that anything before it made non-blocking.
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300,
     )
 
 

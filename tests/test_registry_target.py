@@ -80,11 +80,11 @@ def _forget_images(docker_client, registries) -> None:
                 with contextlib.suppress(docker.errors.APIError):
                     docker_client.images.remove(tag, force=True)
     if shutil.which("buildah"):
-        listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], capture_output=True,
+        listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], stdin=subprocess.DEVNULL, capture_output=True,
                                 text=True).stdout.split()
         doomed = [name for name in listed if name.startswith(tuple(f"{r}/" for r in registries))]
         if doomed:
-            subprocess.run(["buildah", "rmi", "--force", *doomed], capture_output=True)
+            subprocess.run(["buildah", "rmi", "--force", *doomed], stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def _params(work: Path) -> dict:
