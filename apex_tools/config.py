@@ -3,18 +3,16 @@
 The layering is done here rather than by Invoke's own ``Config`` so that ``invoke deploy``
 (Invoke's program, ``INVOKE_`` prefix) and ``apex deploy`` (our program) see exactly the
 same values: Invoke only contributes the files it loaded (``-f FILE``, ``/etc/apex.yaml``,
-``~/.apex.yaml``, ``./apex.yaml``).
+``~/.apex.yaml``, ``./apex.yaml``), handed in as layers by the program edge (``main.py``).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from invoke.config import Config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SettingsError
@@ -224,8 +222,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 KNOWN_KEYS = tuple(flatten(DEFAULTS))
 _SECTIONS = {k.split(".")[0] for k in KNOWN_KEYS if "." in k}
-# Top-level keys that belong to Invoke itself and may appear in the same config file.
-_INVOKE_KEYS = frozenset(Config.global_defaults())
 
 
 def env_name(key: str) -> str:
@@ -276,18 +272,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def invoke_file_layers(config: Config) -> list[Layer]:
-    """The config files Invoke loaded (system, user, project, ``-f`` runtime), lowest first."""
-    layers = []
-    for level in ("system", "user", "project", "runtime"):
-        data = getattr(config, f"_{level}", None) or {}
-        path = getattr(config, f"_{level}_path", None)
-        if data:
-            layers.append(Layer(f"{level} file {path}" if path else f"{level} file", data))
-    return layers
-
-
-def _unknown_keys(layer: Layer) -> list[str]:
+def _unknown_keys(layer: Layer, foreign_keys: frozenset[str]) -> list[str]:
     problems = []
     for key, value in layer.data.items():
         if key in _SECTIONS:
@@ -298,19 +283,20 @@ def _unknown_keys(layer: Layer) -> list[str]:
                 if f"{key}.{sub}" not in KNOWN_KEYS:
                     allowed = ", ".join(k for k in KNOWN_KEYS if k.startswith(key + "."))
                     problems.append(f"{layer.source}: {key}.{sub}: unknown key (allowed: {allowed})")
-        elif key not in KNOWN_KEYS and key not in _INVOKE_KEYS:
+        elif key not in KNOWN_KEYS and key not in foreign_keys:
             allowed = ", ".join(sorted({k.split('.')[0] for k in KNOWN_KEYS}))
             problems.append(f"{layer.source}: {key}: unknown key (allowed: {allowed})")
     return problems
 
 
-def resolve(layers: Iterable[Layer]) -> EffectiveConfig:
-    """Merge ``layers`` (lowest precedence first) over the defaults and validate the result."""
+def resolve(layers: Iterable[Layer], foreign_keys: frozenset[str] = frozenset()) -> EffectiveConfig:
+    """Merge ``layers`` (lowest first) over the defaults and validate; ``foreign_keys`` are
+    top-level keys of the same files that belong to someone else (Invoke's own settings)."""
     values = flatten(DEFAULTS)
     sources = dict.fromkeys(values, "default")
     problems: list[str] = []
     for layer in layers:
-        problems += _unknown_keys(layer)
+        problems += _unknown_keys(layer, foreign_keys)
         for key, value in flatten(layer.data).items():
             if key in values:
                 values[key] = value
@@ -330,21 +316,17 @@ def resolve(layers: Iterable[Layer]) -> EffectiveConfig:
 
 
 def effective_config(
-    config: Config, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None
+    file_layers: Iterable[Layer],
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+    foreign_keys: frozenset[str] = frozenset(),
 ) -> EffectiveConfig:
-    """Defaults, then Invoke's config files, then ``APEX_*`` variables, then task flags."""
-    layers = invoke_file_layers(config) + [env_layer(environ)]
+    """Defaults, then the config files, then ``APEX_*`` variables, then task flags."""
+    layers = list(file_layers) + [env_layer(environ)]
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     if given:
         layers.append(Layer("flag", _nest(given)))
-    return resolve(layers)
-
-
-def global_defaults() -> dict[str, Any]:
-    """Invoke's defaults with ours merged in (for the branded program's ``Config``)."""
-    merged = Config.global_defaults()
-    merged.update(copy.deepcopy(DEFAULTS))
-    return merged
+    return resolve(layers, foreign_keys)
 
 
 def settings_path(value: str, kind: str) -> Path:

@@ -16,8 +16,9 @@ from typing import Any
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from .config import KNOWN_KEYS, effective_config, env_name
+from .config import KNOWN_KEYS, env_name
 from .console import Output
+from .main import options_from
 from .errors import ApexError
 from .run import RunContext, Status, TargetResult
 from .state import work_dir_lock
@@ -49,7 +50,7 @@ def run_targets(
 ) -> list[TargetResult]:
     """Run ``names`` in order under the work-dir lock, stop at the first failure, print the summary."""
     try:
-        options = effective_config(c.config, os.environ, flags).options
+        options = options_from(c.config, os.environ, flags).options
         run = RunContext(options, force=force, dry_run=dry_run)
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
@@ -162,7 +163,7 @@ def deploy(
 def show_config(c: Context, key: str = "") -> None:
     """Print the effective configuration and where each value came from."""
     try:
-        effective = effective_config(c.config, os.environ)
+        effective = options_from(c.config, os.environ)
     except ApexError as exc:
         raise Exit(f"apex: {exc}", code=2) from None
     keys = [key] if key else list(KNOWN_KEYS)

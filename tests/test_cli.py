@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from apex_tools.errors import NotBuiltError
-from apex_tools.config import effective_config
+from apex_tools.main import options_from
 from apex_tools.run import RunContext, Status
 from apex_tools.targets import ALL, not_built
 from apex_tools.tasks import ns
@@ -91,7 +91,7 @@ def test_bad_settings_stop_with_exit_2_and_the_message(tmp_path):
 
 def test_placeholder_plans_in_a_dry_run_and_fails_a_real_run():
     target = not_built("undercloud", "no issue yet")
-    options = effective_config(Config(), {}).options
+    options = options_from(Config(), {}).options
     planned = target(RunContext(options, dry_run=True))
     assert planned.status is Status.NOT_BUILT and "not built yet" in planned.changes[0]
     with pytest.raises(NotBuiltError, match="undercloud: this target is not built yet"):

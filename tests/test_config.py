@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from invoke import Config
 
-from apex_tools.config import DEFAULTS, KNOWN_KEYS, Layer, effective_config, env_name, resolve, settings_path
+from apex_tools.config import DEFAULTS, KNOWN_KEYS, Layer, env_name, resolve, settings_path
+from apex_tools.main import INVOKE_KEYS, options_from
 from apex_tools.errors import SettingsError
 from apex_tools.run import RunContext
 
@@ -19,7 +20,7 @@ def runtime_config(tmp_path, text: str) -> Config:
 
 
 def test_defaults_match_the_documented_keys():
-    effective = effective_config(Config(), {})
+    effective = options_from(Config(), {})
     opts = effective.options
     assert opts.upstream.images_url == "https://images.rdoproject.org/{os_version}/rdo_trunk/current-tripleo/"
     assert (opts.upstream.registry, opts.upstream.namespace) == ("docker.io", "tripleo{os_version}")
@@ -32,7 +33,7 @@ def test_defaults_match_the_documented_keys():
 def test_layers_in_order_file_then_env_then_flags(tmp_path):
     config = runtime_config(tmp_path, "builder: buildah\nregistry:\n  address: 127.0.0.1:5000\njobs: 2\n")
     env = {"APEX_REGISTRY_ADDRESS": "127.0.0.1:6000", "APEX_JOBS": "3"}
-    effective = effective_config(config, env, {"jobs": 8})
+    effective = options_from(config, env, {"jobs": 8})
     assert effective.options.builder == "buildah"
     assert effective.sources["builder"].startswith("runtime file ")
     assert effective.options.registry.address == "127.0.0.1:6000"
@@ -56,7 +57,7 @@ def test_env_names_are_prefixed_sections():
     ids=["yes-is-true", "zero-is-false"],
 )
 def test_env_booleans(env, expected):
-    assert effective_config(Config(), env).options.upstream.insecure is expected
+    assert options_from(Config(), env).options.upstream.insecure is expected
 
 
 BAD = [
@@ -74,20 +75,20 @@ BAD = [
 def test_bad_configuration_names_source_key_value_and_allowed(tmp_path, text, env, expected):
     config = runtime_config(tmp_path, text) if text else Config()
     with pytest.raises(SettingsError) as err:
-        effective_config(config, env)
+        options_from(config, env)
     for fragment in expected:
         assert fragment in str(err.value), str(err.value)
 
 
 def test_invoke_keys_in_the_same_file_are_allowed():
-    effective = resolve([Layer("file", {"run": {"echo": True}, "tasks": {"dedupe": False}})])
+    effective = resolve([Layer("file", {"run": {"echo": True}, "tasks": {"dedupe": False}})], INVOKE_KEYS)
     assert effective.options.builder == DEFAULTS["builder"]
 
 
 def test_registry_address_defaults_to_installer_ip_port_8787():
-    run = RunContext(effective_config(Config(), {}).options)
+    run = RunContext(options_from(Config(), {}).options)
     assert run.registry_address == "192.0.2.1:8787"
-    run = RunContext(effective_config(Config(), {"APEX_REGISTRY_ADDRESS": "127.0.0.1:5000"}).options)
+    run = RunContext(options_from(Config(), {"APEX_REGISTRY_ADDRESS": "127.0.0.1:5000"}).options)
     assert run.registry_address == "127.0.0.1:5000"
 
 
@@ -102,5 +103,5 @@ def test_settings_path_bundled_names_and_files(tmp_path):
 def test_expand_fills_os_version(tmp_path):
     scenario = tmp_path / "queens.yaml"
     scenario.write_text("global_params: {ha_enabled: false}\ndeploy_options: {os_version: queens}\n")
-    run = RunContext(effective_config(Config(), {"APEX_DEPLOY_SETTINGS": str(scenario)}).options)
+    run = RunContext(options_from(Config(), {"APEX_DEPLOY_SETTINGS": str(scenario)}).options)
     assert run.expand(run.options.upstream.namespace) == "tripleoqueens"
