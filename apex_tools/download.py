@@ -7,7 +7,6 @@ records (validators, partial files, locks) are ``filecache``'s; checksums are ``
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import os
 import re
@@ -36,8 +35,9 @@ from .filecache import (
     read_validators,
     write_validators,
 )
+from .retry import retry_after
 from .run import ProgressFactory, null_progress
-from .state import _fsync_dir
+from .state import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +116,6 @@ def local_source(url: str) -> Path | None:
 def join_url(base: str, name: str) -> str:
     """``base`` (a folder URL or path, with or without a trailing slash) plus ``name``."""
     return base.rstrip("/") + "/" + name
-
-
-def retry_after(response: requests.Response) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (seconds or an HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def why(exc: BaseException) -> str:
@@ -458,7 +444,7 @@ class Downloader:
         write_validators(meta_path(dest), final)
         with contextlib.suppress(FileNotFoundError):
             partial_meta_path(dest).unlink()
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return final
 
     # ---- local sources (file:// and folders) ----------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 
 from apex_tools.config import Layer, resolve
 from apex_tools.checksums import parse_sidecar
-from apex_tools.download import Downloader, RetryPolicy, retry_after
+from apex_tools.download import Downloader, RetryPolicy
+from apex_tools.retry import retry_after
 from apex_tools.errors import DownloadError, ImageError
 from apex_tools.filecache import meta_path, partial_path
 from apex_tools.images import TARGET, check_members, fetch_images, overcloud_image, retry_policy

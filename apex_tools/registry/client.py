@@ -16,7 +16,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import IO, Any
 from urllib.parse import urljoin
 
@@ -24,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..errors import RegistryError
+from ..retry import retry_after
 from .auth import Challenge, Credentials, TokenCache, fetch_token
 
 log = logging.getLogger(__name__)
@@ -118,18 +118,6 @@ class HashingReader:
     @property
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
-
-
-def _retry_after(response: requests.Response, default: float) -> float:
-    value = response.headers.get("Retry-After", "")
-    if value.strip().isdigit():
-        return min(float(value), MAX_RETRY_WAIT)
-    if value:
-        try:
-            return min(max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0), MAX_RETRY_WAIT)
-        except (TypeError, ValueError):
-            pass
-    return default
 
 
 def _registry_message(response: requests.Response) -> str:
@@ -304,8 +292,9 @@ class RegistryClient:
 
     def _sleep(self, attempt: int, response: requests.Response | None, why: str) -> None:
         wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
-        if response is not None:
-            wait = _retry_after(response, wait)
+        asked = retry_after(response) if response is not None else None
+        if asked is not None:
+            wait = min(asked, MAX_RETRY_WAIT)
         log.debug("retrying in %.1fs (attempt %d): %s", wait, attempt, why)
         time.sleep(wait)
 
