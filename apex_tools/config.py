@@ -220,7 +220,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-KNOWN_KEYS = tuple(flatten(DEFAULTS))
+_DEFAULT_VALUES = flatten(DEFAULTS)
+KNOWN_KEYS = tuple(_DEFAULT_VALUES)
 _SECTIONS = {k.split(".")[0] for k in KNOWN_KEYS if "." in k}
 
 
@@ -230,7 +231,7 @@ def env_name(key: str) -> str:
 
 
 def _cast(key: str, raw: str, source: str) -> Any:
-    default = dict(zip(KNOWN_KEYS, flatten(DEFAULTS).values()))[key]
+    default = _DEFAULT_VALUES[key]
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -292,7 +293,7 @@ def _unknown_keys(layer: Layer, foreign_keys: frozenset[str]) -> list[str]:
 def resolve(layers: Iterable[Layer], foreign_keys: frozenset[str] = frozenset()) -> EffectiveConfig:
     """Merge ``layers`` (lowest first) over the defaults and validate; ``foreign_keys`` are
     top-level keys of the same files that belong to someone else (Invoke's own settings)."""
-    values = flatten(DEFAULTS)
+    values = dict(_DEFAULT_VALUES)
     sources = dict.fromkeys(values, "default")
     problems: list[str] = []
     for layer in layers:
