@@ -24,7 +24,7 @@ from . import image_patches, storage_env
 from .diskimage import ChecksumCache, Customization, GuestCommandError, customize, sha256_file, sparse_copy
 from .errors import ImageError
 from .run import Item, RunContext, Status, TargetResult
-from .state import Record, fingerprint, write_if_changed
+from .state import fingerprint, fsync_path, write_if_changed
 
 LOG = logging.getLogger(__name__)
 
@@ -139,14 +139,6 @@ def _source_sha256(run: RunContext, source: Path) -> str:
     return digest
 
 
-def _output_intact(record: Record | None, path: Path) -> bool:
-    """True when ``path`` is still the file the last run recorded (size and mtime)."""
-    if record is None or not path.exists():
-        return False
-    st = path.stat()
-    return record.outputs.get(str(path.resolve())) == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch], pdir: Path) -> Customization:
     """Every change to the image, in one batch (one appliance launch)."""
     ops = Customization()
@@ -192,16 +184,12 @@ def _build_image(
                     LOG.debug("virt-customize output:\n%s", exc.output)
                     raise image_patches.failure(exc.output, patches, IMAGE_NAME) or exc from None
         # The image's bytes reach the disk before its name does: a crash never leaves a torn image.
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(partial)
         os.replace(partial, dest)
 
 
 def _write_storage_env(
-    run: RunContext, device: str | None, env_out: Path
+    run: RunContext, device: str | None, env_out: Path, loaded: storage_env.ClusterSecrets | None
 ) -> tuple[storage_env.ClusterSecrets | None, list[str], Item]:
     """Write (or, with Ceph off, remove) the storage environment; the identity is made once."""
     changes: list[str] = []
@@ -210,7 +198,7 @@ def _write_storage_env(
             env_out.unlink()
             changes.append(f"removed {STORAGE_ENV} (Ceph is off)")
         return None, changes, Item(STORAGE_ENV, "skipped", "Ceph is off")
-    cluster, created = storage_env.ensure_secrets(run.options.work_dir)
+    cluster, created = storage_env.ensure_secrets(run.options.work_dir, loaded)
     if created:
         changes.append(f"generated cluster FSID {cluster.fsid} and keys ({storage_env.SECRETS_FILE}, mode 0600)")
     written = write_if_changed(env_out, storage_env.render(device, run.options.ceph, cluster), mode=0o600)
@@ -249,7 +237,7 @@ def ceph_loop(run: RunContext) -> TargetResult:
     record = run.state.load(TARGET)
     image_current = (
         not run.force and record is not None
-        and record.data.get("image_fingerprint") == image_fp and _output_intact(record, image_out)
+        and record.data.get("image_fingerprint") == image_fp and record.output_intact(image_out)
     )
     what = [loop.describe()] if loop else []
     what += [f"{len(patches)} disk-image patch(es)"] if patches else []
@@ -275,7 +263,7 @@ def ceph_loop(run: RunContext) -> TargetResult:
         changes.append(f"{IMAGE_NAME}: {', '.join(what) or 'copied unchanged'}")
         items.append(Item(IMAGE_NAME, "customized" if what else "copied", ", ".join(what) or "no changes needed"))
     outputs = [image_out]
-    cluster, env_changes, env_item = _write_storage_env(run, device, env_out)
+    cluster, env_changes, env_item = _write_storage_env(run, device, env_out, cluster)
     changes += env_changes
     items.append(env_item)
     if device:

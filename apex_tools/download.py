@@ -37,7 +37,7 @@ from .filecache import (
 )
 from .retry import retry_after
 from .run import ProgressFactory, null_progress
-from .state import fsync_dir
+from .state import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +444,7 @@ class Downloader:
         write_validators(meta_path(dest), final)
         with contextlib.suppress(FileNotFoundError):
             partial_meta_path(dest).unlink()
-        fsync_dir(dest.parent)
+        fsync_path(dest.parent)
         return final
 
     # ---- local sources (file:// and folders) ----------------------------------------------

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import filelock
+
+from .state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,7 @@ def write_validators(path: Path, validators: Validators) -> None:
     """Replace the record file ``path`` with ``validators``."""
     # Renamed into place so it is never torn, but not fsynced: a record lost in a crash only
     # means one download more (the file it describes no longer matches, or the partial restarts).
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(asdict(validators), indent=2, sort_keys=True) + "\n", durable=False)
 
 
 def cached_validators(dest: Path) -> Validators | None:

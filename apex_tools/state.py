@@ -34,9 +34,9 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot fingerprint {type(value).__name__}")
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file's bytes, or a folder's renames) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -44,10 +44,11 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
     """Write ``path`` through a temporary file in the same folder, fsynced and renamed on success.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. ``durable=False``
+    skips the fsyncs: never torn, but possibly lost in a crash (for records cheap to redo).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,19 +57,21 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically."""
-    with atomic_file(path, mode) as handle:
+    with atomic_file(path, mode, durable) as handle:
         handle.write(data.encode() if isinstance(data, str) else data)
 
 
@@ -82,7 +85,8 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
     return True
 
 
-def _stat(path: Path) -> dict[str, int] | None:
+def file_stamp(path: Path) -> dict[str, int] | None:
+    """Size and mtime of ``path`` (what "unchanged since recorded" compares), None when missing."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -102,7 +106,12 @@ class Record:
 
     def outputs_intact(self) -> bool:
         """True when every recorded output still exists unchanged (size and mtime)."""
-        return all(_stat(Path(p)) == meta for p, meta in self.outputs.items())
+        return all(file_stamp(Path(p)) == meta for p, meta in self.outputs.items())
+
+    def output_intact(self, path: Path) -> bool:
+        """True when ``path`` is a recorded output and still unchanged."""
+        key = str(Path(path).resolve())
+        return key in self.outputs and file_stamp(Path(key)) == self.outputs[key]
 
 
 class StateStore:
@@ -145,7 +154,7 @@ class StateStore:
         record = Record(
             target=target,
             fingerprint=fp,
-            outputs={str(Path(p).resolve()): _stat(Path(p)) for p in sorted(map(str, outputs))},
+            outputs={str(Path(p).resolve()): file_stamp(Path(p)) for p in sorted(map(str, outputs))},
             data=dict(data or {}),
             finished=time.time(),
         )

@@ -71,7 +71,7 @@ class ClusterSecrets:
 
 def load_secrets(work_dir: Path) -> ClusterSecrets | None:
     """The stored cluster secrets, None when never generated; a damaged file fails loudly."""
-    path = Path(work_dir) / SECRETS_FILE
+    path = secrets_path(work_dir)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -97,14 +97,15 @@ def _damaged(path: Path, why: str) -> StateError:
     )
 
 
-def ensure_secrets(work_dir: Path) -> tuple[ClusterSecrets, bool]:
-    """The stored secrets, generating and storing them (0600) the first time; True when new."""
-    existing = load_secrets(work_dir)
+def ensure_secrets(work_dir: Path, loaded: ClusterSecrets | None = None) -> tuple[ClusterSecrets, bool]:
+    """The stored secrets (``loaded`` when the caller already read them), generating and storing
+    them (0600) the first time; True when new."""
+    existing = loaded or load_secrets(work_dir)
     if existing is not None:
         return existing, False
     fresh = ClusterSecrets.generate()
     body = json.dumps(fresh.parameters(), indent=2, sort_keys=True) + "\n"
-    atomic_write(Path(work_dir) / SECRETS_FILE, body, mode=0o600)
+    atomic_write(secrets_path(work_dir), body, mode=0o600)
     return fresh, True
 
 
