@@ -155,6 +155,11 @@ def _stat(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _tar_id(tarball: Path, validators: Validators | None) -> object:
+    """Which upstream version an unpacking came from (its validators, else its size)."""
+    return validators.identity() if validators else {"size": _stat(tarball)}
+
+
 def unpack_reason(tarball: Path, folder: Path, validators: Validators | None, *, force: bool = False) -> str | None:
     """Why ``tarball`` needs unpacking into ``folder``, or None when its last unpacking still stands."""
     if force:
@@ -163,8 +168,7 @@ def unpack_reason(tarball: Path, folder: Path, validators: Validators | None, *,
         record = json.loads(_record_path(tarball).read_text())
     except (FileNotFoundError, ValueError):
         return f"unpack {tarball.name} (never unpacked here)"
-    tar_id = validators.identity() if validators else {"size": _stat(tarball)}
-    if record.get("tarball") != tar_id or record.get("tarball_stat") != _stat(tarball):
+    if record.get("tarball") != _tar_id(tarball, validators) or record.get("tarball_stat") != _stat(tarball):
         return f"unpack {tarball.name} (it changed since its last unpacking)"
     for name, stat in record.get("members", {}).items():
         if _stat(folder / name) != stat:
@@ -185,8 +189,7 @@ def unpack_if_changed(
             # Left by a run that was killed mid-way (we hold the lock: nobody else is using it).
             shutil.rmtree(stale, ignore_errors=True)
         members = safe_unpack(tarball, folder)
-        tar_id = validators.identity() if validators else {"size": _stat(tarball)}
-        record = {"tarball": tar_id, "tarball_stat": _stat(tarball),
+        record = {"tarball": _tar_id(tarball, validators), "tarball_stat": _stat(tarball),
                   "members": {name: _stat(folder / name) for name in members}}
         atomic_write(_record_path(tarball), json.dumps(record, indent=2, sort_keys=True) + "\n")
         return members, True
