@@ -7,7 +7,7 @@ Public API::
     cat.images_for_project("openstack/nova")   # ["nova-api", "nova-compute", ...] (exact, sorted)
     cat.deployment_images(deploy_settings)     # [CatalogImage, ...] incl. SDN images when set
     cat.ceph_image(deploy_settings)            # CephImage or None (ceph disabled)
-    img.ref(registry, namespace, prefix, tag)  # ImageRef, "{os_version}" in namespace expanded
+    img.ref(registry, namespace, prefix, tag)  # ImageRef (namespace with {os_version} filled)
     img.parameters                             # ("ContainerNovaApiImage", ...)
 """
 
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from .errors import SettingsError
 from .reference import ImageRef
 from .resources import data_path
-from .settings import OS_VERSIONS, DeploySettings
+from .settings import OS_VERSIONS, DeploySettings, short_name
 
 OsVersion = Literal[OS_VERSIONS]  # type: ignore[valid-type]
 
@@ -74,11 +74,6 @@ class _CatalogFile(_Strict):
         return self
 
 
-def _short(project: str) -> str:
-    """``openstack/nova`` → ``nova``."""
-    return project.rstrip("/").rsplit("/", 1)[-1]
-
-
 def _version_index(version: str | None, default: int) -> int:
     return OS_VERSIONS.index(version) if version else default
 
@@ -88,17 +83,15 @@ class CatalogImage:
     """One TripleO service image of an OpenStack version."""
 
     name: str
-    os_version: str
     projects: tuple[str, ...]
-    services: tuple[str, ...]
     parameters: tuple[str, ...]
     sdn: str | None = None
     replaces: tuple[str, ...] = ()
     deployed: bool = True
 
     def repository(self, namespace: str, prefix: str) -> str:
-        """``<namespace>/<prefix><name>`` with ``{os_version}`` filled."""
-        return f"{namespace.replace('{os_version}', self.os_version)}/{prefix}{self.name}"
+        """``<namespace>/<prefix><name>`` (``namespace`` already expanded: ``RunContext.expand``)."""
+        return f"{namespace}/{prefix}{self.name}"
 
     def ref(self, registry: str, namespace: str, prefix: str, tag: str) -> ImageRef:
         """``<registry>/<namespace>/<prefix><name>:<tag>`` as a parsed reference."""
@@ -125,7 +118,6 @@ class Catalog:
 
     os_version: str
     images: dict[str, CatalogImage]
-    parameter_prefix: str
     odl_shipped: str
     odl_aliases: dict[str, str]
     ceph: CephImage
@@ -142,7 +134,7 @@ class Catalog:
 
     def images_for_project(self, project: str) -> list[str]:
         """Exact names of the images carrying ``project``'s code (``openstack/`` prefix ignored), sorted."""
-        short = _short(project)
+        short = short_name(project)
         return sorted(name for name, img in self.images.items() if short in img.projects)
 
     def deployment_images(self, ds: DeploySettings) -> list[CatalogImage]:
@@ -187,19 +179,16 @@ def load_catalog(os_version: str, path: Path | None = None) -> Catalog:
             continue
         images[name] = CatalogImage(
             name=name,
-            os_version=os_version,
             projects=entry.projects,
-            services=entry.services,
             parameters=tuple(f"{prefix}{s}Image" for s in entry.services),
             sdn=entry.sdn,
-            replaces=tuple(r for r in entry.replaces),
+            replaces=entry.replaces,
             deployed=entry.deployed,
         )
     ceph = data.ceph
     return Catalog(
         os_version=os_version,
         images=images,
-        parameter_prefix=prefix,
         odl_shipped=data.opendaylight.shipped[os_version],
         odl_aliases=dict(data.opendaylight.aliases),
         ceph=CephImage(

@@ -40,12 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .catalog import Catalog, load_catalog
 from .dockerfile import ImagePatch, render_dockerfile, render_odl_repo
+from .download import join_url
 from .errors import GerritError, RegistryError, SettingsError
 from .gerrit import GerritClient
 from .image_config import ImageInfo, Inspector, inspect_image
-from .registry.auth import parse_time
+from .images import OVERCLOUD_TAR, UNDERCLOUD_QCOW2
 from .patches import Location, PatchPart, load_projects, sort_patch
 from .reference import ImageRef
+from .registry.auth import parse_time
+from .registry.deployment import deployment_images, naming_of
 from .run import Item, RunContext, Status, TargetResult
 from .state import fingerprint, write_if_changed
 
@@ -56,7 +59,7 @@ ARCHIVE = "docker_patches.tar.gz"
 Side = Literal["overcloud", "undercloud"]
 SIDES: tuple[Side, ...] = ("overcloud", "undercloud")
 # The disk image whose upstream age decides whether a merged change is already in it.
-DISK_ARTIFACTS = {"overcloud": "overcloud-full.tar", "undercloud": "undercloud.qcow2"}
+DISK_ARTIFACTS = {"overcloud": OVERCLOUD_TAR, "undercloud": UNDERCLOUD_QCOW2}
 
 
 @dataclass(frozen=True)
@@ -217,8 +220,9 @@ class Planner:
         self.lookups = lookups
         self.catalog: Catalog = load_catalog(run.os_version)
         self.table = load_projects()
-        # Only images this deployment runs are rebuilt (push-registry mirrors no others).
-        self.deployed = {i.name for i in self.catalog.deployment_images(run.deploy_settings)}
+        # Only images this deployment runs are rebuilt (push-registry mirrors no others), under
+        # the very names push-registry mirrors them to.
+        self.images = {i.name: i for i in deployment_images(self.catalog, run.deploy_settings, naming_of(run))}
         self.plan = Plan()
         # A dry run lists what it cannot look up (offline, unreachable) instead of failing.
         self.unresolved: list[str] = []
@@ -250,14 +254,6 @@ class Planner:
         self.plan.items.append(Item(f"{req.title}{where}", "skipped", reason))
         self.plan.changes.append(f"skip {req.title}{where}: {reason}")
 
-    def _upstream(self, image: str) -> ImageRef:
-        up = self.opts.upstream
-        return self.catalog.image(image).ref(up.registry, up.namespace, up.name_prefix, up.tag)
-
-    def _local(self, image: str) -> ImageRef:
-        up = self.opts.upstream
-        return self.catalog.image(image).ref(self.run.registry_address, up.namespace, up.name_prefix, up.tag)
-
     def _merged_in(self, res: Resolved, built: datetime | None) -> bool:
         """A merged change submitted before the upstream artifact was built is already in it."""
         return res.status == "MERGED" and res.submitted is not None and built is not None and built > res.submitted
@@ -273,7 +269,7 @@ class Planner:
             return record
         location: Location = self.table.locate(req.project, self.run.os_version, self.opts.patching.python_path)
         containers = self.run.deploy_settings.deploy_options.containers
-        images = tuple(n for n in self.catalog.images_for_project(req.project) if n in self.deployed)
+        images = tuple(n for n in self.catalog.images_for_project(req.project) if n in self.images)
         result = sort_patch(res.text, location, req.side, images, containers, self.opts.patching.drop_patterns)
         record["dropped"] = list(result.dropped)
         if not result.parts:
@@ -291,7 +287,7 @@ class Planner:
     def _add_to_images(self, req: Request, res: Resolved, part: PatchPart) -> None:
         for image in part.images:
             if res.status == "MERGED":
-                info = self.lookups.image(self._upstream(image))
+                info = self.lookups.image(self.images[image].source)
                 if info is not None and self._merged_in(res, info.created):
                     self._skip(req, f"merged {res.submitted:%Y-%m-%d %H:%M}, already in the upstream image "
                                     f"(built {info.created:%Y-%m-%d %H:%M})", image)
@@ -301,7 +297,7 @@ class Planner:
     def _add_to_disk(self, req: Request, res: Resolved, part: PatchPart) -> None:
         side = part.destination
         if res.status == "MERGED":
-            url = self.run.expand(self.opts.upstream.images_url).rstrip("/") + "/" + DISK_ARTIFACTS[side]
+            url = join_url(self.run.expand(self.opts.upstream.images_url), DISK_ARTIFACTS[side])
             built = self.lookups.artifact(url)
             if self._merged_in(res, built):
                 self._skip(req, f"merged, already in the upstream {side} image ({DISK_ARTIFACTS[side]})")
@@ -324,7 +320,7 @@ class Planner:
         rebuild: dict[str, Any] = {}
         missing: dict[str, str] = {}
         for image in images:
-            upstream = self._upstream(image)
+            upstream = self.images[image].source
             info = self.lookups.image(upstream)
             entries = self.image_patches.get(image, [])
             if info is None:
@@ -339,7 +335,7 @@ class Planner:
                 plan.files[f"containers/{image}/{file}"] = part.text.encode("utf-8", "surrogateescape")
                 patches.append(ImagePatch(file, part.target_dir, req.project, req.change_id, res.revision,
                                           Path(req.path).name if req.path else ""))
-            base = str(self._local(image))
+            base = str(self.images[image].target)
             image_odl = odl if image == "opendaylight" else ""
             plan.files[f"containers/{image}/Dockerfile"] = render_dockerfile(
                 base, info.user, patches, image_odl).encode()
@@ -460,7 +456,7 @@ def patch_containers(
     fp = fingerprint({"files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(plan.files.items())},
                       "data": plan.data})
     if run.up_to_date(TARGET, fp):
-        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], [i for i in plan.items])
+        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], plan.items)
     if run.dry_run:
         changes = plan.changes or ["no patches: write an empty containers archive"]
         return TargetResult(TARGET, Status.PLANNED, changes + [f"write {ARCHIVE}"], plan.items)

@@ -40,8 +40,6 @@ class Change:
     change_id: str
     status: str
     revision: str
-    number: int | None = None
-    subject: str = ""
     submitted: datetime | None = None
 
     @property
@@ -80,8 +78,6 @@ def _change_from(data: dict[str, Any], project: str, branch: str, change_id: str
         change_id=data.get("change_id", change_id),
         status=data.get("status", "NEW"),
         revision=revision,
-        number=data.get("_number"),
-        subject=data.get("subject", ""),
         submitted=parse_gerrit_time(data.get("submitted")),
     )
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import SettingsError
 from .resources import data_path
+from .settings import short_name
 
 _DIFF = re.compile(r"^diff --git a/(?P<a>.+?) b/(?P<b>.+)$")
 Destination = Literal["containers", "overcloud", "undercloud"]
@@ -77,8 +78,7 @@ class _Rule(_Strict):
     routes: tuple[_Route, ...] = ()
 
     def matches(self, short: str) -> bool:
-        patterns = (self.match,) if isinstance(self.match, str) else self.match
-        return any(fnmatch.fnmatchcase(short, p) for p in patterns)
+        return matches(short, (self.match,) if isinstance(self.match, str) else self.match)
 
 
 class _ProjectsFile(_Strict):
@@ -111,7 +111,7 @@ class ProjectTable:
 
     def locate(self, project: str, os_version: str, python_override: str = "") -> Location:
         """Where ``project`` (``openstack/<name>`` or ``<name>``) is installed."""
-        short = project.rstrip("/").rsplit("/", 1)[-1]
+        short = short_name(project)
         for rule in self.data.projects:
             if not rule.matches(short):
                 continue

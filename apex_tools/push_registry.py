@@ -20,7 +20,15 @@ from .errors import RegistryError
 from .reference import ImageRef
 from .registry.auth import Credentials, docker_config_credentials
 from .registry.client import RegistryClient
-from .registry.deployment import DeploymentImage, Naming, deployment_images, image_lists, parameter_file, parameter_refs
+from .registry.deployment import (
+    DeploymentImage,
+    Naming,
+    deployment_images,
+    image_lists,
+    naming_of,
+    parameter_file,
+    parameter_refs,
+)
 from .registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror
 from .registry.rebuild import (
     BUILD,
@@ -117,12 +125,6 @@ def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str
     })
 
 
-def _naming(run: RunContext) -> Naming:
-    up = run.options.upstream
-    return Naming(up.registry, run.expand(up.namespace), up.name_prefix, up.tag, run.registry_address,
-                  up.ceph_registry)
-
-
 @dataclass
 class _Check:
     """What the check found: the images and their digests, the rebuilds, what the registry needs."""
@@ -204,7 +206,7 @@ def push_registry(run: RunContext) -> TargetResult:
     """Mirror, rebuild, write the lists and the parameter file (check → plan → apply)."""
     options = run.options
     work_dir = Path(options.work_dir)
-    naming = _naming(run)
+    naming = naming_of(run)
     clients = Clients(options, naming.local_registry, naming.upstream_registry)
     outputs = [work_dir / name for name in ("overcloud_containers.yaml", "sdn_containers.yaml", PARAMETER_FILE)]
     check, bases = _check(run, clients, naming)
@@ -218,7 +220,7 @@ def push_registry(run: RunContext) -> TargetResult:
 def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests, outputs: list[Path]) -> TargetResult:
     """Start the registry if needed, mirror, rebuild, check, write the files, record the state."""
     options = run.options
-    local = clients(_naming(run).local_registry)
+    local = clients(naming_of(run).local_registry)
     changes: list[str] = []
     started = ensure_local_registry(local.host, Path(options.work_dir), local, options.registry.start)
     if started.started:

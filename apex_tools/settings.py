@@ -22,6 +22,11 @@ ODL_VERSIONS = ("carbon", "nitrogen", "oxygen", "fluorine", "neon", "master")
 CHANGE_ID = re.compile(r"^I[0-9a-f]{40}$")
 
 
+def short_name(project: str) -> str:
+    """A Gerrit project's last component: ``openstack/nova`` → ``nova``."""
+    return project.rstrip("/").rsplit("/", 1)[-1]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -32,7 +32,7 @@ def test_nova_images_match_golden_for_every_version():
         cat = load_catalog(version)
         for name in cat.images_for_project("openstack/nova"):
             img = cat.image(name)
-            ref = img.ref("docker.io", "tripleo{os_version}", "centos-binary-", "current-tripleo")
+            ref = img.ref("docker.io", f"tripleo{version}", "centos-binary-", "current-tripleo")
             lines.append(f"{version} {ref} {' '.join(img.parameters)}")
     check_golden("catalog-nova.txt", "\n".join(lines) + "\n")
 
