@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from .errors import GerritError
+from .retry import CappedRetry
 from .state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _change_from(data: dict[str, Any], project: str, branch: str, change_id: str
 def session_with_retries(tries: int) -> requests.Session:
     """A session retrying GETs on connection errors, 429 (honouring Retry-After) and 5xx."""
     session = requests.Session()
-    retry = Retry(
+    retry = CappedRetry(
         total=tries - 1,
         connect=tries - 1,
         read=tries - 1,

@@ -108,3 +108,15 @@ def test_strip_xssi(text, expected):
 def test_gerrit_time_drops_nanoseconds():
     assert parse_gerrit_time("2019-01-02 03:04:05.123456789") == datetime(2019, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert parse_gerrit_time(None) is None
+
+
+def test_gerrit_obeys_retry_after_only_up_to_the_cap():
+    from types import SimpleNamespace
+
+    from apex_tools.retry import MAX_WAIT, CappedRetry
+
+    retry = CappedRetry(total=2, respect_retry_after_header=True)
+    asked = lambda value: SimpleNamespace(headers={"Retry-After": value})  # noqa: E731
+    assert retry.get_retry_after(asked("3")) == 3.0
+    assert retry.get_retry_after(asked("3600")) == MAX_WAIT
+    assert retry.new(total=1).get_retry_after(asked("3600")) == MAX_WAIT

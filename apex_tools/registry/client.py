@@ -23,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..errors import RegistryError
-from ..retry import retry_after
+from ..retry import MAX_WAIT, retry_after
 from .auth import Challenge, Credentials, TokenCache, fetch_token
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
 INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 CHUNK = 1 << 20
-# Retry-After is obeyed up to this many seconds; beyond that the run would look hung.
-MAX_RETRY_WAIT = 60.0
 
 
 class RegistryHTTPError(RegistryError):
@@ -294,7 +292,7 @@ class RegistryClient:
         wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
         asked = retry_after(response) if response is not None else None
         if asked is not None:
-            wait = min(asked, MAX_RETRY_WAIT)
+            wait = min(asked, MAX_WAIT)
         log.debug("retrying in %.1fs (attempt %d): %s", wait, attempt, why)
         time.sleep(wait)
 
