@@ -88,7 +88,7 @@ class _Head:
     image: DeploymentImage
     upstream: str | None = None
     local: str | None = None
-    error: RegistryError | None = None
+    local_checked: bool = False
 
 
 def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int,
@@ -107,9 +107,9 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
             found.upstream = up[0] if up else None
             if local_up:
                 here = clients(image.target.registry).head_manifest(image.target.repository, image.target.reference)
-                found.local = here[0] if here else None
-        except RegistryError as exc:
-            found.error = exc
+                found.local, found.local_checked = (here[0] if here else None), True
+        except RegistryError:
+            pass  # the copy asks again and reports the error against this image
         return found
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(images) or 1))) as pool:
@@ -268,7 +268,8 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
 
 def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyResult]:
     """Copy the images that are not already there, with progress over bytes and a line per image."""
-    jobs = [CopyJob(h.image.source, h.image.target) for h in heads]
+    # What the check found is handed on: images whose digests matched are not asked again.
+    jobs = [CopyJob(h.image.source, h.image.target, h.upstream, h.local, h.local_checked) for h in heads]
     total = len(jobs)
     done = 0
     lock = threading.Lock()
@@ -284,12 +285,7 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
             with lock:
                 progress.advance(amount)
 
-        mirror = Mirror(clients, run.options.jobs, on_bytes=on_bytes, on_image=on_image)
-        # Images whose digests already matched at the check are not asked again.
-        pending = [j for j, h in zip(jobs, heads) if not (h.upstream and h.local == h.upstream)]
-        copied = {id(j): r for j, r in zip(pending, mirror.copy_all(pending))}
-    return [copied.get(id(j)) or CopyResult(j, ALREADY_THERE, h.upstream or "", "digest matches")
-            for j, h in zip(jobs, heads)]
+        return Mirror(clients, run.options.jobs, on_bytes=on_bytes, on_image=on_image).copy_all(jobs)
 
 
 def _builder(options: Options, insecure: str | None) -> Builder:

@@ -158,3 +158,17 @@ def test_mirror_from_a_registry_that_needs_a_token(registry_factory, tmp_path):
         assert all(s.endswith(":pull") for s in tokens.issued[-3:])
         for name in names:
             assert local_client.head_manifest(name, "current-tripleo") == pusher.head_manifest(name, "current-tripleo")
+
+
+def test_a_job_that_knows_both_digests_asks_nothing():
+    from apex_tools.reference import ImageRef
+    from apex_tools.registry.mirror import ALREADY_THERE, CopyJob, Mirror
+
+    def no_requests(host: str):
+        raise AssertionError(f"the mirror asked {host} again")
+
+    digest = "sha256:" + "ab" * 32
+    job = CopyJob(ImageRef.parse("127.0.0.1:1/a/b:t"), ImageRef.parse("127.0.0.1:2/a/b:t"),
+                  source_digest=digest, target_digest=digest, target_checked=True)
+    [result] = Mirror(lambda host: type("C", (), {"__getattr__": lambda self, name: no_requests(host)})()).copy_all([job])
+    assert (result.status, result.digest) == (ALREADY_THERE, digest)

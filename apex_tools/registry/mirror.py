@@ -30,10 +30,17 @@ FAILED = "failed"
 
 @dataclass(frozen=True)
 class CopyJob:
-    """One image to copy: ``source`` (tag or digest) to ``target`` (a tag)."""
+    """One image to copy: ``source`` (tag or digest) to ``target`` (a tag).
+
+    A caller that already HEADed the manifests passes what it found, so the copy does not ask
+    again: ``source_digest``, and ``target_digest`` (None: absent) with ``target_checked``.
+    """
 
     source: ImageRef
     target: ImageRef
+    source_digest: str | None = None
+    target_digest: str | None = None
+    target_checked: bool = False
 
 
 @dataclass
@@ -134,20 +141,27 @@ class Mirror:
         return result
 
     def _look(self, job: CopyJob) -> CopyResult | _Pending:
-        """One HEAD each side; an equal digest is "already there", else the source manifest to copy."""
+        """One HEAD each side (unless the job knows); an equal digest is "already there", else the
+        source manifest to copy."""
         src = self.client_for(job.source.registry)
         dst = self.client_for(job.target.registry)
         source, target = job.source, job.target
-        found = src.head_manifest(source.repository, source.reference)
-        if found is None:
-            raise RegistryHTTPError(
-                f"registry {source}: image not found upstream",
-                "check upstream.registry/namespace/tag, or that the image exists for this release",
-                registry=source.registry, repository=source.repository, reference=source.reference, status=404,
-            )
-        digest = found[0]
-        present = dst.head_manifest(target.repository, target.reference)
-        if present is not None and present[0] == digest:
+        digest = job.source_digest
+        if digest is None:
+            found = src.head_manifest(source.repository, source.reference)
+            if found is None:
+                raise RegistryHTTPError(
+                    f"registry {source}: image not found upstream",
+                    "check upstream.registry/namespace/tag, or that the image exists for this release",
+                    registry=source.registry, repository=source.repository, reference=source.reference, status=404,
+                )
+            digest = found[0]
+        if job.target_checked:
+            present_digest = job.target_digest
+        else:
+            present = dst.head_manifest(target.repository, target.reference)
+            present_digest = present[0] if present else None
+        if present_digest == digest:
             return CopyResult(job, ALREADY_THERE, digest, "digest matches")
         manifest = src.get_manifest(source.repository, digest)
         return _Pending(job, manifest, sum(int(b.get("size", 0)) for b in manifest.blobs() + manifest.children()))
