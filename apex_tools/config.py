@@ -116,6 +116,11 @@ class _RegistryAccess(_Strict):
     username: str
     password: str = Field(repr=False)
 
+    @property
+    def tls_mode(self) -> str:
+        """The explicit TLS mode, or the one ``insecure`` implies (plain HTTP when insecure)."""
+        return self.tls or ("http" if self.insecure else "verify")
+
 
 class UpstreamOptions(_RegistryAccess):
     images_url: str

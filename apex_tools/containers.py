@@ -434,7 +434,7 @@ def default_inspector(run: RunContext) -> Inspector:
     """Read upstream image configs with push-registry's clients (same TLS modes and credentials)."""
     from .push_registry import Clients
 
-    clients = Clients(run.options, run.registry_address, run.options.upstream.registry)
+    clients = Clients(run.options, run.registry_address)
     return lambda ref: inspect_image(clients(ref.registry), ref)
 
 

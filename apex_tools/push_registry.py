@@ -50,30 +50,24 @@ TARGET = "push-registry"
 PARAMETER_FILE = "docker-images.yaml"
 
 
-def tls_mode(tls: str, insecure: bool) -> str:
-    """The explicit TLS mode, or the one ``insecure`` implies (plain HTTP when insecure)."""
-    return tls or ("http" if insecure else "verify")
-
-
 class Clients:
     """One ``RegistryClient`` per registry host, configured from the options."""
 
-    def __init__(self, options: Options, local: str, upstream: str) -> None:
+    def __init__(self, options: Options, local: str) -> None:
         self.options = options
         self.local = local
-        self.upstream = upstream
         self._clients: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
 
     def _settings(self, host: str) -> tuple[str, Credentials | None]:
         """The local registry uses ``registry.*``; upstream (and its Ceph registry) ``upstream.*``;
         any other host verifies TLS and takes credentials from docker's config.json."""
-        upstream_hosts = {self.upstream, self.options.upstream.ceph_registry} - {""}
+        upstream_hosts = {self.options.upstream.registry, self.options.upstream.ceph_registry} - {""}
         if host != self.local and host not in upstream_hosts:
             return "verify", docker_config_credentials(host)
         section = self.options.registry if host == self.local else self.options.upstream
         credentials = Credentials(section.username, section.password) if section.username else None
-        return tls_mode(section.tls, section.insecure), credentials or docker_config_credentials(host)
+        return section.tls_mode, credentials or docker_config_credentials(host)
 
     def __call__(self, host: str) -> RegistryClient:
         with self._lock:
@@ -184,7 +178,7 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
     bases = _BaseDigests(heads, local, registry_action is None)
     actions = plan_rebuilds(rebuilds, local, bases) if registry_action is None else [
         RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
-    insecure = local.host if tls_mode(options.registry.tls, options.registry.insecure) != "verify" else None
+    insecure = local.host if options.registry.tls_mode != "verify" else None
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
                    _fingerprint(heads, actions, insecure))
     return check, bases
@@ -207,7 +201,7 @@ def push_registry(run: RunContext) -> TargetResult:
     options = run.options
     work_dir = Path(options.work_dir)
     naming = naming_of(run)
-    clients = Clients(options, naming.local_registry, naming.upstream_registry)
+    clients = Clients(options, naming.local_registry)
     outputs = [work_dir / name for name in ("overcloud_containers.yaml", "sdn_containers.yaml", PARAMETER_FILE)]
     check, bases = _check(run, clients, naming)
     if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
@@ -220,7 +214,7 @@ def push_registry(run: RunContext) -> TargetResult:
 def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests, outputs: list[Path]) -> TargetResult:
     """Start the registry if needed, mirror, rebuild, check, write the files, record the state."""
     options = run.options
-    local = clients(naming_of(run).local_registry)
+    local = clients(clients.local)
     changes: list[str] = []
     started = ensure_local_registry(local.host, Path(options.work_dir), local, options.registry.start)
     if started.started:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError, RegistryError
+from ..reference import ImageRef
 from . import Builder, build_failure
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class BuildahBuilder(Builder):
         return self._buildah
 
     def _tls(self, ref: str) -> str:
-        registry = ref.split("/", 1)[0]
+        registry = ImageRef.parse(ref).registry
         return f"--tls-verify={'false' if registry in self.insecure else 'true'}"
 
     def build(self, context: Path, tags: Sequence[str]) -> str:

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError, RegistryError
+from ..reference import ImageRef
 from . import Builder, build_failure
 
 log = logging.getLogger(__name__)
 
 
 def _split(ref: str) -> tuple[str, str]:
-    repository, _, tag = ref.rpartition(":")
-    if not repository or "/" in tag:
-        return ref, "latest"
-    return repository, tag
+    """``registry/repository`` and tag, as the engine's tag and push calls take them."""
+    parsed = ImageRef.parse(ref)
+    return parsed.name, parsed.tag or "latest"
 
 
 def _hint(message: str, context: Path) -> str:

@@ -307,10 +307,6 @@ class RegistryClient:
         with response:
             return response.status_code in (200, 401)
 
-    def check(self) -> None:
-        """Raise unless ``/v2/`` answers and our credentials are accepted."""
-        self.request("GET", "/v2/", scope="")
-
     @staticmethod
     def _scope(repository: str, push: bool = False) -> str:
         return f"repository:{repository}:{'pull,push' if push else 'pull'}"

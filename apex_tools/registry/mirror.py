@@ -124,11 +124,6 @@ class Mirror:
                 lambda item: self._guarded(item.job, lambda _: self._finish(item)), pending))}
         return [copied[id(item.job)] if isinstance(item, _Pending) else item for item in looked]
 
-    def copy(self, job: CopyJob) -> CopyResult:
-        """Copy one image; raises ``RegistryError`` on failure."""
-        looked = self._look(job)
-        return self._finish(looked) if isinstance(looked, _Pending) else looked
-
     def _guarded(self, job: CopyJob, step: Callable[[CopyJob], CopyResult | _Pending]) -> CopyResult | _Pending:
         """Run one step of ``job``; a failure becomes a FAILED result; a final result is reported."""
         try:
