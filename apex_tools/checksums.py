@@ -56,5 +56,20 @@ class Hashes:
             while chunk := handle.read(CHUNK):
                 self.update(chunk)
 
+    @classmethod
+    def checking(cls, expected: list[Expected]) -> Hashes:
+        """Hashes of just the algorithms ``expected`` names (hashing costs throughput)."""
+        return cls(tuple(sorted({e.algo for e in expected})))
+
     def hexdigests(self) -> dict[str, str]:
         return {a: h.hexdigest() for a, h in self.hashers.items()}
+
+    def mismatches(self, expected: list[Expected]) -> list[tuple[Expected, str]]:
+        """Each expected digest the bytes did not match, with the digest they had."""
+        digests = self.hexdigests()
+        return [(e, digests[e.algo]) for e in expected if digests[e.algo] != e.hexdigest]
+
+
+def verified(expected: list[Expected]) -> list[str]:
+    """One line per checked digest, naming where it came from."""
+    return [f"{e.algo} verified ({e.source})" for e in expected]

@@ -21,7 +21,7 @@ import requests
 import urllib3
 
 from . import __version__
-from .checksums import SIDECARS, Expected, Hashes, parse_sidecar
+from .checksums import SIDECARS, Expected, Hashes, parse_sidecar, verified
 from .errors import DownloadError
 from .filecache import (
     Validators,
@@ -45,6 +45,8 @@ CHUNK = 1 << 20
 # Transient by nature: the server asks us to come back (429, 503) or failed this once (5xx).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # Read errors that mean "the connection broke", as opposed to local I/O errors (disk full).
+# ``read(algo) -> (text, where it came from)``, or None when the source has no such sidecar.
+SidecarReader = Callable[[str], "tuple[str, str] | None"]
 NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
 
 
@@ -278,16 +280,14 @@ class Downloader:
                 assert cached is not None
                 log.info("%s: up to date (upstream answered 304 Not Modified)", dest.name)
                 return Fetched(dest.name, dest, "up to date", cached, note="up to date (304 Not Modified)")
-            digests = outcome.hashes.hexdigests()
-            bad = [(e, digests[e.algo]) for e in outcome.expected if digests[e.algo] != e.hexdigest]
+            bad = outcome.hashes.mismatches(outcome.expected)
             if not bad:
-                verified = [f"{e.algo} verified ({e.source})" for e in outcome.expected]
                 checked = {e.algo: e.hexdigest for e in outcome.expected}
                 final = self._commit(dest, replace(outcome.validators, digests=checked))
                 action = "resumed" if outcome.resumed_from else "downloaded"
                 log.info("%s: %s, %s", dest.name, action, human_size(outcome.received))
                 return Fetched(dest.name, dest, action, final, outcome.received, time.monotonic() - started,
-                               outcome.resumed_from, verified)
+                               outcome.resumed_from, verified(outcome.expected))
             mismatches += bad
             discard_partial(dest)
             log.warning("%s: %s mismatch (expected %s, got %s); downloading once more", dest.name,
@@ -331,8 +331,10 @@ class Downloader:
                         if body is None:
                             # Learn which digests to check before the body starts: hashing costs
                             # throughput, so only what will be checked is hashed.
-                            expected = self._expected(url, dest.name, pinned)
-                            body = _Body(expected, Hashes(tuple(sorted({e.algo for e in expected}))))
+                            expected = self._expected(dest.name, pinned, self._http_sidecar(url, dest.name),
+                                                      "upstream's checksum file is malformed or lists other files; "
+                                                      "report it upstream")
+                            body = _Body(expected, Hashes.checking(expected))
                         start, total, resuming = _accept(url, response, offset if "Range" in headers else 0, resuming)
                         write_validators(partial_meta, resuming)
                         body.begin(start, partial)
@@ -399,23 +401,33 @@ class Downloader:
         if total >= 0 and body.hashes.count != total:
             raise _Transient(f"body ended at {human_size(body.hashes.count)} of {human_size(total)}")
 
-    def _expected(self, url: str, name: str, pinned: Mapping[str, str]) -> list[Expected]:
-        """Digests to check: a pinned one from config, then upstream's sidecars."""
+    @staticmethod
+    def _expected(name: str, pinned: Mapping[str, str], read_sidecar: SidecarReader, hint: str) -> list[Expected]:
+        """Digests to check: a pinned one from config, then the source's sidecars."""
         expected = [Expected(algo, value.lower(), "pinned in config") for algo, value in pinned.items() if value]
         for algo in SIDECARS:
+            found = read_sidecar(algo)
+            if found is None:
+                continue
+            text, where = found
+            digest = parse_sidecar(text, name, algo)
+            if digest is None:
+                raise DownloadError(f"{where}: no {algo} digest for {name} in it", hint)
+            expected.append(Expected(algo, digest, where))
+        return expected
+
+    def _http_sidecar(self, url: str, name: str) -> SidecarReader:
+        def read(algo: str) -> tuple[str, str] | None:
             text = self._small_get(f"{url}.{algo}")
             if text is None:
-                continue
-            digest = parse_sidecar(text, name, algo)
-            if digest is None and "<html" in text.lower():
+                return None
+            if parse_sidecar(text, name, algo) is None and "<html" in text.lower():
                 # Some mirrors answer a missing file with a 200 HTML page: that is "no sidecar".
                 log.warning("%s.%s is an HTML page, not a checksum file; ignoring it", url, algo)
-                continue
-            if digest is None:
-                raise DownloadError(f"{url}.{algo}: no {algo} digest for {name} in it",
-                                    "upstream's checksum file is malformed or lists other files; report it upstream")
-            expected.append(Expected(algo, digest, f"{url}.{algo}"))
-        return expected
+                return None
+            return text, f"{url}.{algo}"
+
+        return read
 
     def _small_get(self, url: str) -> str | None:
         """A small text file (a checksum sidecar), retried; None when upstream has none."""
@@ -458,17 +470,13 @@ class Downloader:
         stamp = _local_stamp(source)
         if cached is not None and cached.etag == stamp and cached.url == url:
             return Fetched(dest.name, dest, "up to date", cached, note="up to date (local source unchanged)")
-        expected = [Expected(a, v.lower(), "pinned in config") for a, v in pinned.items() if v]
-        for algo in SIDECARS:
+        def read_sidecar(algo: str) -> tuple[str, str] | None:
             sidecar = source.with_name(f"{source.name}.{algo}")
-            if sidecar.is_file():
-                digest = parse_sidecar(sidecar.read_text(), source.name, algo)
-                if digest is None:
-                    raise DownloadError(f"{sidecar}: no {algo} digest for {source.name} in it",
-                                        "fix or remove the checksum file")
-                expected.append(Expected(algo, digest, str(sidecar)))
+            return (sidecar.read_text(), str(sidecar)) if sidecar.is_file() else None
+
+        expected = self._expected(source.name, pinned, read_sidecar, "fix or remove the checksum file")
         started = time.monotonic()
-        hashes = Hashes(tuple(sorted({e.algo for e in expected})))
+        hashes = Hashes.checking(expected)
         size = source.stat().st_size
         discard_partial(dest)
         with source.open("rb") as src, self.progress(f"copying {dest.name}", size) as bar, \
@@ -479,16 +487,14 @@ class Downloader:
                 bar.advance(len(chunk))
             out.flush()
             os.fsync(out.fileno())
-        digests = hashes.hexdigests()
-        for e in expected:
-            if digests[e.algo] != e.hexdigest:
-                discard_partial(dest)
-                raise DownloadError(f"{source}: {e.algo} mismatch: expected {e.hexdigest} ({e.source}), "
-                                    f"got {digests[e.algo]}", "the mirror's file or its checksum is wrong")
+        for e, got in hashes.mismatches(expected)[:1]:
+            discard_partial(dest)
+            raise DownloadError(f"{source}: {e.algo} mismatch: expected {e.hexdigest} ({e.source}), "
+                                f"got {got}", "the mirror's file or its checksum is wrong")
         validators = Validators(url, etag=stamp, size=size, digests={e.algo: e.hexdigest for e in expected})
         final = self._commit(dest, validators)
         return Fetched(dest.name, dest, "downloaded", final, size, time.monotonic() - started,
-                       verified=[f"{e.algo} verified ({e.source})" for e in expected])
+                       verified=verified(expected))
 
     def _timeout(self) -> tuple[float, float]:
         return (self.policy.connect_timeout, self.policy.read_timeout)
