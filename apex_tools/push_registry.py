@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import containers
 from .builders import Builder
 from .catalog import load_catalog
 from .config import Options
@@ -171,7 +172,7 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
         raise RegistryError(f"upstream registry {', '.join(sorted(silent))} does not answer at /v2/",
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
     heads = _heads(images, clients, registry_action is None, options.jobs, silent)
-    record = run.state.load("patch-containers")
+    record = run.state.load(containers.TARGET)
     planned = record.data.get("rebuild") if record is not None else None
     rebuilds = find_rebuilds(Path(options.work_dir) / "containers", local.host,
                              planned if isinstance(planned, dict) else None)
