@@ -1,5 +1,5 @@
 """``python -m apex_tools`` is the ``apex`` command."""
 
-from .main import program
+from apex_tools.main import program
 
 program.run()

@@ -10,19 +10,38 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from invoke import Collection, Context, task
+from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
 
-from .config import KNOWN_KEYS, env_name
-from .console import Output
-from .main import options_from
-from .errors import ApexError
-from .run import RunContext, Status, TargetResult
-from .state import work_dir_lock
-from .targets import FLOW, registry
+from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name
+from apex_tools.core.console import Output
+from apex_tools.core.errors import ApexError
+from apex_tools.core.run import RunContext, Status, TargetResult
+from apex_tools.core.state import work_dir_lock
+from apex_tools.targets import FLOW, registry
+
+# Top-level keys of Invoke's own that may sit in the same config file as ours.
+INVOKE_KEYS = frozenset(Config.global_defaults())
+
+
+def invoke_file_layers(config: Config) -> list[Layer]:
+    """The config files Invoke loaded (system, user, project, ``-f`` runtime), lowest first."""
+    layers = []
+    for level in ("system", "user", "project", "runtime"):
+        data = getattr(config, f"_{level}", None) or {}
+        path = getattr(config, f"_{level}_path", None)
+        if data:
+            layers.append(Layer(f"{level} file {path}" if path else f"{level} file", data))
+    return layers
+
+
+def options_from(config: Config, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> EffectiveConfig:
+    """The effective configuration of a task: Invoke's files, ``APEX_*``, then the task's flags."""
+    return effective_config(invoke_file_layers(config), environ, flags, INVOKE_KEYS)
+
 
 COMMON_HELP = {
     "force": "Redo the target even when its inputs have not changed.",

@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import test_ceph_loop as t  # noqa: E402 - the tests' image recipe and workspace, shared
 
-from apex_tools.ceph import LoopDevice, ceph_loop  # noqa: E402
-from apex_tools.run import Status  # noqa: E402
+from apex_tools.targets.ceph_loop import LoopDevice, ceph_loop  # noqa: E402
+from apex_tools.core.run import Status  # noqa: E402
 
 MIB = 1 << 20
 

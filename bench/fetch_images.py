@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from apex_tools.config import Layer, resolve
-from apex_tools.download import Downloader, RetryPolicy
-from apex_tools.images import fetch_images
-from apex_tools.run import RunContext
+from apex_tools.core.config import Layer, resolve
+from apex_tools.http.download import Downloader, RetryPolicy
+from apex_tools.targets.fetch_images import fetch_images
+from apex_tools.core.run import RunContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from http_upstream import run_nginx  # noqa: E402 - the tests' nginx fixture, shared

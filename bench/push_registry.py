@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from apex_tools.reference import ImageRef
+from apex_tools.core.reference import ImageRef
 from apex_tools.registry.client import DOCKER_MANIFEST, Manifest, RegistryClient
 from apex_tools.registry.mirror import ALREADY_THERE, CopyJob, Mirror
 from apex_tools.registry.server import ensure_local_registry, stop_local_registry

@@ -50,9 +50,13 @@ ensure_debian_packages() {
     _apt_install "${wanted[@]}"
 }
 
-# A python3 that can make virtual environments (Debian splits venv/ensurepip off).
+# Debian's own python3 is the reference interpreter: the one a fresh Debian 12 has (3.11.2),
+# never whatever comes first on PATH, so the README's commands, CI and the image agree.
+APEX_PYTHON="${APEX_PYTHON:-/usr/bin/python3}"
+
+# Debian's python3 able to make virtual environments (Debian splits venv/ensurepip off).
 _ensure_python() {
-    if command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    if [[ -x $APEX_PYTHON ]] && "$APEX_PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         return 0
     fi
     _apt_install python3 python3-venv
@@ -68,10 +72,12 @@ ensure_venv() {
         return 0
     fi
     _ensure_python || return 1
-    if ! "$venv/bin/python" -c '' 2>/dev/null; then
-        _setup_say "creating the virtual environment $venv"
+    # A venv made from another interpreter is remade from Debian's.
+    if ! "$venv/bin/python" -c '' 2>/dev/null ||
+        [[ $("$venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))' 2>/dev/null) != "$(readlink -f "$APEX_PYTHON")" ]]; then
+        _setup_say "creating the virtual environment $venv from $APEX_PYTHON"
         rm -rf "$venv"
-        python3 -m venv "$venv" || return 1
+        "$APEX_PYTHON" -m venv "$venv" || return 1
     fi
     _setup_say "installing apex-tools and its test extra into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${APEX_REPO}[test]" || return 1

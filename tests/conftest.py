@@ -233,3 +233,14 @@ def debian_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -
         return tag
 
     return make
+
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare ``text`` with ``tests/golden/<name>``; APEX_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("APEX_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.read_text() == text, f"{name} differs from its golden file (APEX_UPDATE_GOLDEN=1 to accept)"

@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import threading
@@ -21,7 +22,14 @@ from typing import Any
 
 import requests
 
-from apex_tools.registry.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Manifest, RegistryClient
+from apex_tools.registry.client import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Manifest,
+    RegistryClient,
+)
 from conftest import serve_http
 
 
@@ -292,3 +300,20 @@ def run_token_server(folder: Path, users: dict[str, str], lifetime: int = 60) ->
     with serve_http(_token_handler(server)) as address:
         server.address = address
         yield server
+
+
+def forget_images(docker_client, registries) -> None:
+    """Drop the engine's and buildah's tags of these (now stopped) registries."""
+    import docker
+
+    for image in docker_client.images.list():
+        for tag in image.tags:
+            if tag.startswith(tuple(f"{r}/" for r in registries)):
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(tag, force=True)
+    if shutil.which("buildah"):
+        listed = subprocess.run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True).stdout.split()
+        doomed = [name for name in listed if name.startswith(tuple(f"{r}/" for r in registries))]
+        if doomed:
+            subprocess.run(["buildah", "rmi", "--force", *doomed], stdin=subprocess.DEVNULL, capture_output=True)

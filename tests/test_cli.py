@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from apex_tools.errors import NotBuiltError
-from apex_tools.main import options_from
-from apex_tools.run import RunContext, Status
+from apex_tools.core.errors import NotBuiltError
+from apex_tools.tasks import options_from
+from apex_tools.core.run import RunContext, Status
 from apex_tools.targets import ALL, not_built
 from apex_tools.tasks import ns
 from invoke import Config
@@ -108,8 +108,8 @@ def test_a_failing_target_stops_the_chain_with_a_clean_message(tmp_path):
 
 
 def test_summary_prints_brackets_literally(capsys):
-    from apex_tools.console import Output
-    from apex_tools.run import Item, TargetResult
+    from apex_tools.core.console import Output
+    from apex_tools.core.run import Item, TargetResult
 
     Output(quiet=True).summary([TargetResult("ceph-loop", Status.CHANGED, ["devices [/dev/sdb]"],
                                              [Item("[bold]x", "ok", "[/red]")])])

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import apex_tools
-from apex_tools.resources import DATA_TREES
+from apex_tools.core.resources import DATA_TREES
 
 from conftest import REPO, need
 

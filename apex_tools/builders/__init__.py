@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..errors import BuildError, SettingsError
+from apex_tools.builders.base import Builder
+from apex_tools.core.errors import SettingsError
 
-# How many lines of a failed build's log an error carries (the whole log goes to the debug log).
-LOG_TAIL = 25
-
-
-class Builder(ABC):
-    """Builds an image from a context folder and pushes it to a registry."""
-
-    name = ""
-
-    @abstractmethod
-    def build(self, context: Path, tags: Sequence[str]) -> str:
-        """Build ``context``'s Dockerfile tagged with every one of ``tags``; returns the image id."""
-
-    @abstractmethod
-    def push(self, ref: str) -> None:
-        """Push the local image ``ref`` to its registry; raise on any error the tool reports."""
-
-    @abstractmethod
-    def remove(self, ref: str) -> None:
-        """Drop the local image ``ref`` (ignored when absent)."""
-
-
-def build_failure(what: str, log_lines: Sequence[str], hint: str) -> BuildError:
-    """A BuildError carrying the tail of the build log."""
-    tail = [line.rstrip() for line in log_lines if line.strip()][-LOG_TAIL:]
-    body = "\n  ".join(tail) if tail else "(no output)"
-    return BuildError(f"{what}\n  {body}", hint)
+__all__ = ["Builder", "get_builder"]
 
 
 def get_builder(name: str, insecure_registries: Sequence[str] = ()) -> Builder:
     """The builder called ``name`` (config ``builder``); an error lists the valid names."""
     if name == "docker":
-        from .docker_sdk import DockerBuilder
+        from apex_tools.builders.docker_sdk import DockerBuilder
 
         return DockerBuilder()
     if name == "buildah":
-        from .buildah import BuildahBuilder
+        from apex_tools.builders.buildah import BuildahBuilder
 
         return BuildahBuilder(insecure_registries)
     raise SettingsError(f"unknown builder {name!r}", "set builder to one of: buildah, docker")

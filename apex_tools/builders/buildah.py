@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError, RegistryError
-from ..reference import ImageRef
-from . import Builder, build_failure
+from apex_tools.core.errors import BuildError, RegistryError
+from apex_tools.core.reference import ImageRef
+from apex_tools.builders.base import Builder, build_failure
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from urllib.parse import urljoin
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..errors import RegistryError
-from ..retry import MAX_WAIT, retry_after
-from .auth import Challenge, Credentials, TokenCache, fetch_token
+from apex_tools.core.errors import RegistryError
+from apex_tools.http.retry import MAX_WAIT, retry_after
+from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token
 
 log = logging.getLogger(__name__)
 

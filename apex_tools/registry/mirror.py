@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import requests
 
-from ..errors import ApexError
-from ..reference import ImageRef
-from .client import Manifest, RegistryClient, RegistryHTTPError
+from apex_tools.core.errors import ApexError
+from apex_tools.core.reference import ImageRef
+from apex_tools.registry.client import Manifest, RegistryClient, RegistryHTTPError
 
 log = logging.getLogger(__name__)
 

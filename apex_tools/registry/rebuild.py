@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BuildError
-from ..reference import ImageRef
-from ..builders import Builder
-from .client import RegistryClient
-from .deployment import APEX_TAG
+from apex_tools.core.errors import BuildError
+from apex_tools.core.reference import ImageRef
+from apex_tools.builders import Builder
+from apex_tools.registry.client import RegistryClient
+from apex_tools.registry.deployment import APEX_TAG
 
 log = logging.getLogger(__name__)
 

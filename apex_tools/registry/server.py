@@ -22,10 +22,10 @@ from pathlib import Path
 
 import jinja2
 
-from ..errors import RegistryError
-from ..resources import data_path
-from ..state import write_if_changed
-from .client import RegistryClient
+from apex_tools.core.errors import RegistryError
+from apex_tools.core.resources import data_path
+from apex_tools.core.state import write_if_changed
+from apex_tools.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 

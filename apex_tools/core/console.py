@@ -1,0 +1,139 @@
+"""Task-side output: logging set-up, progress bars or log lines, the end-of-run summary.
+
+This is the only module besides the tasks that writes to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as RichProgress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from apex_tools.core.run import Progress, TargetResult
+
+LOGGER = "apex_tools"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Output:
+    """Where a task's words go: stderr for logs and progress, stdout for the summary."""
+
+    def __init__(self, verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
+        self.quiet = quiet
+        self.err = Console(stderr=True)
+        self.out = Console()
+        self.interactive = self.err.is_terminal and not quiet
+        logger = logging.getLogger(LOGGER)
+        logger.setLevel(logging.DEBUG)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+        if self.interactive:
+            screen: logging.Handler = RichHandler(console=self.err, show_path=False, markup=False)
+            screen.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            screen = logging.StreamHandler(sys.stderr)
+            screen.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        screen.setLevel(level)
+        logger.addHandler(screen)
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            to_file = logging.FileHandler(log_file)
+            to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+            to_file.setLevel(logging.DEBUG)
+            logger.addHandler(to_file)
+        self.log = logger
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[Progress]:
+        """A bar on a terminal; otherwise a log line at start, at most every 10 s, and at the end."""
+        if self.interactive:
+            columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+            columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+            with RichProgress(*columns, console=self.err, transient=True) as bar:
+                yield _RichHandle(bar, bar.add_task(description, total=total))
+        else:
+            handle = _LogHandle(self.log, description, total)
+            yield handle
+            handle.finish()
+
+    def summary(self, results: Sequence[TargetResult], as_json: bool = False) -> None:
+        """The end-of-run table: target, status, time, what changed; then per-item rows."""
+        if as_json:
+            self.out.print_json(json.dumps([_as_dict(r) for r in results]))
+            return
+        table = Table(title="apex-tools run", title_justify="left")
+        for column in ("target", "status", "time", "what changed"):
+            table.add_column(column, overflow="fold")
+        for result in results:
+            style = "red" if result.failed else "green" if result.status.value == "changed" else None
+            # Text cells, not markup: details such as "[/dev/sdb]" must print as they are.
+            cells = (result.target, result.status.value, f"{result.seconds:.1f}s", "\n".join(result.changes) or "-")
+            table.add_row(*map(Text, cells), style=style)
+            for item in result.items:
+                table.add_row(*map(Text, (f"  {item.name}", item.status, "", item.detail or "")))
+        self.out.print(table)
+
+
+def _as_dict(result: TargetResult) -> dict[str, object]:
+    return {
+        "target": result.target,
+        "status": result.status.value,
+        "seconds": round(result.seconds, 3),
+        "changes": result.changes,
+        "items": [vars(i) for i in result.items],
+    }
+
+
+class _RichHandle:
+    def __init__(self, bar: RichProgress, task_id: int) -> None:
+        self.bar, self.task_id = bar, task_id
+
+    def advance(self, amount: int = 1) -> None:
+        self.bar.advance(self.task_id, amount)
+
+    def set_total(self, total: int | None) -> None:
+        self.bar.update(self.task_id, total=total)
+
+
+class _LogHandle:
+    INTERVAL = 10.0
+
+    def __init__(self, log: logging.Logger, description: str, total: int | None) -> None:
+        self.log, self.description, self.total = log, description, total
+        self.done, self.started = 0, time.monotonic()
+        self.last = self.started
+        log.info("%s: started", description)
+
+    def advance(self, amount: int = 1) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if now - self.last >= self.INTERVAL:
+            self.last = now
+            of = f"/{self.total}" if self.total else ""
+            self.log.info("%s: %d%s", self.description, self.done, of)
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+
+    def finish(self) -> None:
+        self.log.info("%s: done (%d) in %.1fs", self.description, self.done, time.monotonic() - self.started)

@@ -1,0 +1,201 @@
+"""Run state under the work dir: input fingerprints, recorded outputs, atomic writes, the run lock."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import filelock
+
+from apex_tools.core.errors import StateError
+
+
+def fingerprint(inputs: Any) -> str:
+    """A stable sha256 of JSON-able ``inputs`` (keys sorted, paths and sets normalised)."""
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", by_alias=True)
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file's bytes, or a folder's renames) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary file in the same folder, fsynced and renamed on success.
+
+    On any error the temporary file is removed and ``path`` is left as it was. ``durable=False``
+    skips the fsyncs: never torn, but possibly lost in a crash (for records cheap to redo).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        if durable:
+            fsync_path(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    with atomic_file(path, mode, durable) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+
+
+def write_if_changed(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
+    """Atomically write ``data`` unless ``path`` already holds exactly it; True when written."""
+    raw = data.encode() if isinstance(data, str) else data
+    with contextlib.suppress(FileNotFoundError):
+        if Path(path).read_bytes() == raw:
+            return False
+    atomic_write(path, raw, mode)
+    return True
+
+
+def file_stamp(path: Path) -> dict[str, int] | None:
+    """Size and mtime of ``path`` (what "unchanged since recorded" compares), None when missing."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a target's last successful run consumed and produced."""
+
+    target: str
+    fingerprint: str
+    outputs: dict[str, dict[str, int] | None]
+    data: dict[str, Any]
+    finished: float
+
+    def outputs_intact(self) -> bool:
+        """True when every recorded output still exists unchanged (size and mtime)."""
+        return all(file_stamp(Path(p)) == meta for p, meta in self.outputs.items())
+
+    def output_intact(self, path: Path) -> bool:
+        """True when ``path`` is a recorded output and still unchanged."""
+        key = str(Path(path).resolve())
+        return key in self.outputs and file_stamp(Path(key)) == self.outputs[key]
+
+
+class StateStore:
+    """Per-target records in ``<work_dir>/state/<target>.json``."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = Path(work_dir)
+        self.folder = self.work_dir / "state"
+
+    def _path(self, target: str) -> Path:
+        return self.folder / f"{target}.json"
+
+    def load(self, target: str) -> Record | None:
+        """The last record of ``target``, or None; an unreadable record counts as none."""
+        try:
+            raw = json.loads(self._path(target).read_text())
+            return Record(
+                target=target,
+                fingerprint=raw["fingerprint"],
+                outputs=raw.get("outputs", {}),
+                data=raw.get("data", {}),
+                finished=raw.get("finished", 0.0),
+            )
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def is_current(self, target: str, fp: str) -> bool:
+        """True when ``target`` last ran with fingerprint ``fp`` and its outputs are untouched."""
+        record = self.load(target)
+        return record is not None and record.fingerprint == fp and record.outputs_intact()
+
+    def save(
+        self,
+        target: str,
+        fp: str,
+        outputs: Iterable[Path] = (),
+        data: Mapping[str, Any] | None = None,
+    ) -> Record:
+        """Record a successful run of ``target`` (atomically)."""
+        record = Record(
+            target=target,
+            fingerprint=fp,
+            outputs={str(Path(p).resolve()): file_stamp(Path(p)) for p in sorted(map(str, outputs))},
+            data=dict(data or {}),
+            finished=time.time(),
+        )
+        payload = {
+            "fingerprint": record.fingerprint,
+            "outputs": record.outputs,
+            "data": record.data,
+            "finished": record.finished,
+        }
+        atomic_write(self._path(target), json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        return record
+
+    def forget(self, target: str) -> None:
+        """Drop the record of ``target`` so its next run redoes everything."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(target).unlink()
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: Path, timeout: float = 0) -> Iterator[None]:
+    """Hold the work dir's run lock; wait up to ``timeout`` seconds, then fail naming the holder."""
+    work_dir = Path(work_dir)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"work dir {work_dir}: cannot create: {exc.strerror}", "set work_dir to a writable folder") from None
+    lock_path = work_dir / ".apex.lock"
+    owner_path = work_dir / ".apex.lock.owner"
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        owner = owner_path.read_text().strip() if owner_path.exists() else "unknown"
+        raise StateError(
+            f"work dir {work_dir} is in use by another apex run ({owner})",
+            "wait for it to finish, or raise lock_timeout to wait automatically",
+        ) from None
+    try:
+        owner_path.write_text(f"pid {os.getpid()}\n")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            owner_path.unlink()
+        lock.release()

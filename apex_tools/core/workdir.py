@@ -1,0 +1,48 @@
+"""The names targets hand each other through the image cache and the work dir.
+
+A target never imports another target: what one makes and the next reads is named here, once.
+Each target's state record is saved under the target's own name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apex_tools.core.config import Options
+
+# Target names, which are also their state-record names.
+FETCH_IMAGES = "fetch-images"
+UNDERCLOUD = "undercloud"
+PATCH_CONTAINERS = "patch-containers"
+CEPH_LOOP = "ceph-loop"
+PUSH_REGISTRY = "push-registry"
+DEPLOY = "deploy"
+
+# fetch-images → image_dir/<os_version>/
+OVERCLOUD_TAR = "overcloud-full.tar"
+IPA_TAR = "ironic-python-agent.tar"
+UNDERCLOUD_QCOW2 = "undercloud.qcow2"
+OVERCLOUD_QCOW2 = "overcloud-full.qcow2"
+
+# patch-containers → work_dir/
+CONTAINERS_DIR = "containers"
+PATCH_ARCHIVE = "docker_patches.tar.gz"
+IMAGE_PATCHES_DIR = "image_patches"
+
+# ceph-loop → work_dir/ (the customized copy keeps the upstream image's name)
+CUSTOM_IMAGE = OVERCLOUD_QCOW2
+STORAGE_ENV = "storage-environment.yaml"
+
+# push-registry → work_dir/
+IMAGE_LISTS = ("overcloud_containers.yaml", "sdn_containers.yaml")
+PARAMETER_FILE = "docker-images.yaml"
+
+
+def artifact_dir(options: Options, os_version: str) -> Path:
+    """The image cache folder of one OpenStack version."""
+    return Path(options.image_dir) / os_version
+
+
+def overcloud_image(options: Options, os_version: str) -> Path:
+    """The unpacked upstream overcloud disk image (read-only for other targets: copy before changing)."""
+    return artifact_dir(options, os_version) / OVERCLOUD_QCOW2

@@ -1,0 +1,167 @@
+"""Disk images: sparse copies, cached checksums and libguestfs customization (one launch per batch).
+
+libguestfs runs a small appliance VM for every ``virt-customize`` call, so operations are
+collected into one ``Customization`` and applied in a single launch. The appliance honours
+``LIBGUESTFS_BACKEND`` and ``LIBGUESTFS_BACKEND_SETTINGS`` from the environment; on machines
+where nested KVM is missing or broken set ``LIBGUESTFS_BACKEND=direct`` and
+``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` (software emulation: slower, about 10-20 s a launch,
+but it always works).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sh
+
+from apex_tools.core.errors import ImageError
+from apex_tools.core.state import atomic_write
+
+LOG = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+LIBGUESTFS_HINT = (
+    "install libguestfs-tools; without working (nested) KVM set "
+    "LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg"
+)
+
+
+class GuestCommandError(ImageError):
+    """virt-customize failed; ``output`` holds everything it and the guest commands printed."""
+
+    def __init__(self, message: str, hint: str, output: str) -> None:
+        super().__init__(message, hint)
+        self.output = output
+
+
+def _tool(name: str) -> sh.Command:
+    """Resolve a command at call time (PATH may change between runs, tests wrap tools)."""
+    try:
+        return sh.Command(name)
+    except sh.CommandNotFound:
+        raise ImageError(f"{name}: command not found", LIBGUESTFS_HINT) from None
+
+
+@dataclass
+class Customization:
+    """An ordered batch of ``virt-customize`` operations, applied in one appliance launch."""
+
+    args: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+    def _add(self, option: str, value: str, step: str) -> Customization:
+        self.args += [option, value]
+        self.steps.append(step)
+        return self
+
+    def mkdir(self, path: str) -> Customization:
+        """``mkdir -p`` in the guest."""
+        return self._add("--mkdir", path, f"mkdir {path}")
+
+    def upload(self, local: Path, remote: str, mode: int = 0o644) -> Customization:
+        """Copy one file into the guest (``remote`` is the full file path) with ``mode``."""
+        self._add("--upload", f"{local}:{remote}", f"upload {remote}")
+        return self._add("--chmod", f"{mode:04o}:{remote}", f"chmod {mode:04o} {remote}")
+
+    def copy_in(self, local_dir: Path, remote_dir: str) -> Customization:
+        """Copy a local folder (recursively) into ``remote_dir`` of the guest."""
+        return self._add("--copy-in", f"{local_dir}:{remote_dir}", f"copy {local_dir.name} into {remote_dir}")
+
+    def link(self, target: str, link: str) -> Customization:
+        """Create the symbolic link ``link`` → ``target`` in the guest."""
+        return self._add("--link", f"{target}:{link}", f"link {link} -> {target}")
+
+    def run_command(self, command: str, step: str = "") -> Customization:
+        """Run a shell command inside the guest (chrooted, guest's own /bin/sh)."""
+        return self._add("--run-command", command, step or f"run {command}")
+
+    def delete(self, path: str) -> Customization:
+        """``rm -rf`` in the guest."""
+        return self._add("--delete", path, f"delete {path}")
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
+
+
+def customize(image: Path, ops: Customization) -> str:
+    """Apply ``ops`` to ``image`` in one ``virt-customize`` launch; return its output.
+
+    A failure raises ``GuestCommandError`` carrying the full output (virt-customize dumps the
+    failed guest command's log to stderr), so callers can tell which step failed.
+    """
+    if not ops:
+        return ""
+    argv = ["--no-network", "-a", str(image), *ops.args]
+    LOG.debug("virt-customize %s", " ".join(argv))
+    try:
+        done = _tool("virt-customize")(*argv, _tty_out=False, _err_to_out=True)
+    except sh.ErrorReturnCode as exc:
+        output = exc.stdout.decode(errors="replace")
+        last = [line for line in output.splitlines() if "error" in line.lower()][-1:] or ["(no output)"]
+        raise GuestCommandError(
+            f"virt-customize of {image} failed: {last[0].strip()}",
+            "see the log for the full output; " + LIBGUESTFS_HINT,
+            output,
+        ) from None
+    LOG.debug("virt-customize output:\n%s", done)
+    return str(done)
+
+
+def sparse_copy(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` keeping holes (and sharing extents where the filesystem can)."""
+    try:
+        _tool("cp")("--reflink=auto", "--sparse=auto", "--", str(source), str(dest), _tty_out=False)
+    except sh.ErrorReturnCode as exc:
+        raise ImageError(
+            f"cannot copy {source} to {dest}: {exc.stderr.decode(errors='replace').strip()}",
+            f"check free space and permissions in {dest.parent}",
+        ) from None
+
+
+def sha256_file(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:
+    """The sha256 of a file, read in chunks; ``advance`` is told how many bytes were read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            advance(len(chunk))
+    return digest.hexdigest()
+
+
+class ChecksumCache:
+    """sha256 of big files, remembered by path, size and mtime so a re-run doesn't re-read them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            data = json.loads(self.path.read_text())
+            if isinstance(data, dict):
+                return data
+        return {}
+
+    @staticmethod
+    def _key(st: os.stat_result) -> dict[str, int]:
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def cached(self, file: Path) -> str | None:
+        """The remembered sha256 of ``file`` if it is unchanged since, else None."""
+        entry = self._load().get(str(Path(file).resolve()))
+        if entry and {k: entry.get(k) for k in ("size", "mtime_ns")} == self._key(Path(file).stat()):
+            return str(entry["sha256"])
+        return None
+
+    def remember(self, file: Path, sha256: str, st: os.stat_result) -> None:
+        """Record ``sha256`` for ``file`` as it was when ``st`` was taken."""
+        data = self._load()
+        data[str(Path(file).resolve())] = {**self._key(st), "sha256": sha256}
+        atomic_write(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+

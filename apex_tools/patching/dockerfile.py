@@ -1,0 +1,62 @@
+"""Render the per-image Dockerfiles (``dockerfiles/*.j2``) deterministically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+
+from apex_tools.core.resources import data_path
+
+LABEL_PREFIX = "io.opnfv.apex"
+
+
+@dataclass(frozen=True)
+class ImagePatch:
+    """A patch file in an image's build context and where in the image it applies."""
+
+    file: str
+    target_dir: str
+    project: str
+    change_id: str = ""
+    revision: str = ""
+    source: str = ""
+    strip: int = 1
+
+    @property
+    def label(self) -> str:
+        """``<project> <change-id>@<revision>`` (or the local file) for the image's labels."""
+        return f"{self.project} {self.change_id}@{self.revision}" if self.change_id else f"{self.project} {self.source}"
+
+
+@lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_path("dockerfiles"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, **values: object) -> str:
+    """Render ``dockerfiles/<template>`` with ``values`` (undefined names are errors)."""
+    return _environment().get_template(template).render(**values)
+
+
+def render_dockerfile(base: str, user: str, patches: list[ImagePatch], odl_release: str = "") -> str:
+    """The Dockerfile rebuilding ``base`` with ``patches`` (and another OpenDaylight release)."""
+    labels = [(f"{LABEL_PREFIX}.patched-by", "apex-tools patch-containers"), (f"{LABEL_PREFIX}.base", base)]
+    labels += [(f"{LABEL_PREFIX}.patch.{n:02d}", p.label) for n, p in enumerate(patches, 1)]
+    if odl_release:
+        labels.append((f"{LABEL_PREFIX}.opendaylight", odl_release))
+    template = "opendaylight.Dockerfile.j2" if odl_release else "Dockerfile.j2"
+    return render(template, base=base, user=user or "root", patches=patches, labels=labels)
+
+
+def render_odl_repo(release: str, url: str) -> str:
+    """The yum repository file of an OpenDaylight release."""
+    return render("opendaylight.repo.j2", release=release, url=url)

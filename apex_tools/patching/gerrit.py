@@ -1,0 +1,199 @@
+"""A small anonymous Gerrit REST client: change lookup and patch download, cached by revision.
+
+Cache layout (under ``cache_dir``): ``changes/<project~branch~Change-Id>.json`` holds the last
+answer of the change lookup (so an offline run knows the revision), ``patches/<revision>.patch``
+the decoded patch of that revision (a revision's patch never changes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from apex_tools.core.errors import GerritError
+from apex_tools.http.retry import CappedRetry
+from apex_tools.core.state import atomic_write
+
+log = logging.getLogger(__name__)
+
+# Gerrit prefixes every JSON answer with this line to defeat cross-site script inclusion.
+XSSI_PREFIX = ")]}'"
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A Gerrit change as found on one project and branch, at its current revision."""
+
+    project: str
+    branch: str
+    change_id: str
+    status: str
+    revision: str
+    submitted: datetime | None = None
+
+    @property
+    def triplet(self) -> str:
+        """Gerrit's ``project~branch~Change-Id`` identifier, URL-quoted."""
+        return triplet(self.project, self.branch, self.change_id)
+
+
+def triplet(project: str, branch: str, change_id: str) -> str:
+    """``openstack%2Fnova~stable%2Fqueens~I...``."""
+    return f"{quote(project, safe='')}~{quote(branch, safe='')}~{change_id}"
+
+
+def parse_gerrit_time(text: str | None) -> datetime | None:
+    """Gerrit's ``2018-06-11 15:23:55.000000000`` (UTC, nanoseconds) as an aware datetime."""
+    if not text:
+        return None
+    return datetime.strptime(text.split(".")[0], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+
+
+def strip_xssi(text: str) -> str:
+    """Drop Gerrit's ``)]}'`` first line from a JSON answer."""
+    return text[len(XSSI_PREFIX):].lstrip("\r\n") if text.startswith(XSSI_PREFIX) else text
+
+
+def _change_from(data: dict[str, Any], project: str, branch: str, change_id: str) -> Change:
+    revision = data.get("current_revision")
+    if not revision:
+        raise GerritError(
+            f"change {change_id} ({project}, {branch}): Gerrit's answer has no current_revision",
+            "the Gerrit server must support ?o=CURRENT_REVISION (any Gerrit since 2.x does)",
+        )
+    return Change(
+        project=data.get("project", project),
+        branch=data.get("branch", branch),
+        change_id=data.get("change_id", change_id),
+        status=data.get("status", "NEW"),
+        revision=revision,
+        submitted=parse_gerrit_time(data.get("submitted")),
+    )
+
+
+def session_with_retries(tries: int) -> requests.Session:
+    """A session retrying GETs on connection errors, 429 (honouring Retry-After) and 5xx."""
+    session = requests.Session()
+    retry = CappedRetry(
+        total=tries - 1,
+        connect=tries - 1,
+        read=tries - 1,
+        status=tries - 1,
+        backoff_factor=0.5,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class GerritClient:
+    """Anonymous REST access to one Gerrit; ``offline`` answers from the cache only."""
+
+    def __init__(
+        self,
+        url: str,
+        cache_dir: Path,
+        *,
+        timeout: float = 30.0,
+        tries: int = 4,
+        offline: bool = False,
+        write_cache: bool = True,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.cache_dir = Path(cache_dir)
+        self.timeout = timeout
+        self.offline = offline
+        # A dry run reads the cache but never writes it.
+        self.write_cache = write_cache
+        self.session = session or session_with_retries(tries)
+
+    def _get(self, path: str, what: str) -> requests.Response:
+        url = f"{self.url}/{path}"
+        try:
+            response = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise GerritError(
+                f"{what}: cannot reach Gerrit at {self.url}: {exc.__class__.__name__}: {exc}",
+                "check gerrit.url and the network, or set no_fetch to use the cached patches",
+            ) from None
+        return response
+
+    def _change_cache(self, project: str, branch: str, change_id: str) -> Path:
+        return self.cache_dir / "changes" / f"{triplet(project, branch, change_id)}.json"
+
+    def change(self, project: str, branch: str, change_id: str) -> Change:
+        """Look ``change_id`` up on ``project`` and ``branch``, with its current revision."""
+        what = f"change {change_id} (project {project}, branch {branch})"
+        cache = self._change_cache(project, branch, change_id)
+        if self.offline:
+            try:
+                data = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                raise GerritError(
+                    f"{what}: not in the cache {cache.parent} and no_fetch is set",
+                    "run once without no_fetch so the change is looked up and cached",
+                ) from None
+            return _change_from(data, project, branch, change_id)
+        response = self._get(f"changes/{triplet(project, branch, change_id)}?o=CURRENT_REVISION", what)
+        if response.status_code == 404:
+            raise GerritError(
+                f"{what}: not found on {self.url} ({response.text.strip() or 'Not found'})",
+                "check the change-id, its project and its branch (branch defaults to master or "
+                "stable/<os_version>; give `branch:` in the patch entry for another)",
+            )
+        self._raise_for(response, what)
+        try:
+            data = json.loads(strip_xssi(response.text))
+        except ValueError:
+            raise GerritError(f"{what}: Gerrit's answer is not JSON: {response.text[:120]!r}",
+                              "check that gerrit.url points at a Gerrit server") from None
+        change = _change_from(data, project, branch, change_id)
+        if self.write_cache:
+            atomic_write(cache, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return change
+
+    def patch(self, change: Change) -> str:
+        """The patch of ``change``'s current revision (decoded), from the cache when there."""
+        cache = self.cache_dir / "patches" / f"{change.revision}.patch"
+        if cache.is_file():
+            log.debug("patch %s@%s: cached", change.change_id, change.revision)
+            return cache.read_bytes().decode("utf-8", "surrogateescape")
+        what = f"patch of change {change.change_id} revision {change.revision} ({change.project})"
+        if self.offline:
+            raise GerritError(f"{what}: not in the cache {cache.parent} and no_fetch is set",
+                              "run once without no_fetch so the patch is downloaded and cached")
+        log.info("patch %s@%s: downloading", change.change_id, change.revision)
+        response = self._get(f"changes/{change.triplet}/revisions/{change.revision}/patch", what)
+        self._raise_for(response, what)
+        try:
+            raw = base64.b64decode(response.content, validate=False)
+        except (binascii.Error, ValueError):
+            raise GerritError(f"{what}: the answer is not base64", "check that gerrit.url points at Gerrit") from None
+        if self.write_cache:
+            atomic_write(cache, raw)
+        return raw.decode("utf-8", "surrogateescape")
+
+    def _raise_for(self, response: requests.Response, what: str) -> None:
+        if response.ok:
+            return
+        body = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+        hint = ("Gerrit is failing or throttling; retry later" if response.status_code in RETRY_STATUSES
+                else "check gerrit.url; anonymous read access is needed")
+        raise GerritError(f"{what}: Gerrit answered HTTP {response.status_code} {body}".rstrip(), hint)

@@ -1,0 +1,57 @@
+"""Read an image's config (creation time, user) through the registry API, without pulling it.
+
+Uses the project's registry client (auth, TLS modes, retries): GET the manifest (schema 2, OCI,
+or a list/index, whose linux/amd64 entry is followed), then the config blob.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from apex_tools.core.errors import RegistryError
+from apex_tools.core.reference import ImageRef
+from apex_tools.registry.auth import parse_time
+from apex_tools.registry.client import RegistryClient, RegistryHTTPError
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What patch-containers needs of an upstream image: when it was built and its user."""
+
+    created: datetime | None
+    user: str
+
+
+# ``inspect(ref) -> ImageInfo | None``; None means the image does not exist there.
+Inspector = Callable[[ImageRef], "ImageInfo | None"]
+
+
+def _platform_entry(children: list[dict]) -> dict | None:
+    for child in children:
+        platform = child.get("platform", {})
+        if platform.get("architecture") == "amd64" and platform.get("os", "linux") == "linux":
+            return child
+    return children[0] if children else None
+
+
+def inspect_image(client: RegistryClient, ref: ImageRef) -> ImageInfo | None:
+    """The image's creation time and user from its config blob; None when the registry lacks it."""
+    try:
+        manifest = client.get_manifest(ref.repository, ref.reference)
+        if manifest.is_index:
+            child = _platform_entry(manifest.children())
+            if child is None:
+                return None
+            manifest = client.get_manifest(ref.repository, child["digest"])
+    except RegistryHTTPError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    config = manifest.json().get("config", {}).get("digest")
+    if not config:
+        raise RegistryError(f"{ref}: manifest has no config blob (schema 1?)", "use schema 2 or OCI images upstream")
+    data = json.loads(client.get_blob(ref.repository, config))
+    return ImageInfo(created=parse_time(data.get("created")), user=(data.get("config") or {}).get("User") or "")

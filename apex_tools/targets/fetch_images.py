@@ -1,0 +1,246 @@
+"""The fetch-images target: upstream RDO disk images, cached per OpenStack version and unpacked.
+
+``image_dir/<os_version>/`` holds the downloaded files with their validators beside them
+(``<file>.meta.json``) and every tarball unpacked in place, recorded in
+``.<tarball>.unpacked.json`` so it is unpacked again only when it changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from apex_tools.core.config import Options
+from apex_tools.http.download import Downloader, RetryPolicy, human_size, join_url
+from apex_tools.core.errors import DownloadError, ImageError
+from apex_tools.http.filecache import Validators, artifact_lock, cached_validators
+from apex_tools.core.run import Item, RunContext, Status, TargetResult
+from apex_tools.core.state import atomic_write, fingerprint
+from apex_tools.core.workdir import (
+    FETCH_IMAGES,
+    IPA_TAR,
+    OVERCLOUD_TAR,
+    UNDERCLOUD_QCOW2,
+    artifact_dir,
+    overcloud_image,
+)
+
+log = logging.getLogger(__name__)
+
+TARGET = FETCH_IMAGES
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One upstream file and the config key pinning its sha256."""
+
+    name: str
+    pin_key: str
+
+    @property
+    def is_tarball(self) -> bool:
+        return self.name.endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def artifacts(options: Options) -> list[Artifact]:
+    """The files this deployment needs from upstream."""
+    wanted = [Artifact(OVERCLOUD_TAR, "overcloud_sha256"), Artifact(IPA_TAR, "ipa_sha256")]
+    if options.fetch.undercloud_image:
+        wanted.append(Artifact(UNDERCLOUD_QCOW2, "undercloud_sha256"))
+    return wanted
+
+
+def retry_policy(options: Options) -> RetryPolicy:
+    """The downloader's retry policy from the ``fetch`` config section."""
+    f = options.fetch
+    return RetryPolicy(f.tries, f.backoff, f.max_wait, f.connect_timeout, f.read_timeout)
+
+
+def fetch_images(run: RunContext, downloader: Downloader | None = None) -> TargetResult:
+    """Revalidate, download (resuming) and verify the upstream images, then unpack changed tarballs."""
+    options = run.options
+    folder = artifact_dir(options, run.os_version)
+    base = run.expand(options.upstream.images_url)
+    downloader = downloader or Downloader(policy=retry_policy(options), progress=run.progress)
+    wanted = [(a, join_url(base, a.name), folder / a.name) for a in artifacts(options)]
+    if run.dry_run:
+        return _plan(run, downloader, wanted)
+
+    items: list[Item] = []
+    changes: list[str] = []
+    identities: dict[str, object] = {}
+    outputs: list[Path] = []
+    for artifact, url, dest in wanted:
+        try:
+            fetched = downloader.fetch(url, dest, pinned=_pinned(options, artifact), offline=options.no_fetch,
+                                       force=run.force)
+            members, unpacked = [], False
+            if artifact.is_tarball:
+                members, unpacked = unpack_if_changed(dest, folder, fetched.validators, force=run.force)
+        except (DownloadError, ImageError, OSError) as exc:
+            if isinstance(exc, OSError):
+                if exc.filename is None:
+                    raise
+                # The cache folder itself: full, read-only, or not ours.
+                exc = DownloadError(f"{exc.filename}: {exc.strerror}",
+                                    "check that image_dir is writable and has room for the images")
+            log.error("%s: %s", artifact.name, exc)
+            items.append(Item(artifact.name, "failed", str(exc)))
+            continue
+        files = f"{len(members)} file" + ("s" if len(members) != 1 else "")
+        items.append(Item(artifact.name, fetched.action, fetched.detail() + (f"; unpacked {files}" if unpacked else "")))
+        if fetched.changed:
+            changes.append(f"{fetched.action} {artifact.name} ({human_size(fetched.validators.size)})")
+        if unpacked:
+            changes.append(f"unpacked {artifact.name}: {', '.join(members)}")
+        identities[artifact.name] = fetched.validators.identity()
+        outputs += [dest, *(folder / m for m in members)]
+    failed = [i.name for i in items if i.status == "failed"]
+    if failed:
+        return TargetResult(TARGET, Status.FAILED, [f"failed: {', '.join(failed)} (the rows below say why)"], items)
+    fp = fingerprint({"folder": folder, "artifacts": identities})
+    if changes or not run.state.is_current(TARGET, fp):
+        # Also when nothing moved: a cache filled by another run (other work dir) gets recorded.
+        run.state.save(TARGET, fp, outputs=outputs, data={"artifacts": identities})
+    if not changes:
+        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], items)
+    return TargetResult(TARGET, Status.CHANGED, changes, items)
+
+
+def _pinned(options: Options, artifact: Artifact) -> dict[str, str]:
+    value = getattr(options.fetch, artifact.pin_key)
+    return {"sha256": value} if value else {}
+
+
+def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, str, Path]]) -> TargetResult:
+    """What a real run would do, one line per action, touching nothing (a conditional HEAD at most)."""
+    plan, items = [], []
+    for artifact, url, dest in wanted:
+        reason = downloader.plan(url, dest, offline=run.options.no_fetch, force=run.force)
+        if reason is None and artifact.is_tarball:
+            reason = unpack_reason(dest, dest.parent, cached_validators(dest), force=run.force)
+        if reason:
+            plan.append(reason)
+        detail = reason.removeprefix(f"{artifact.name}: ") if reason else ""
+        items.append(Item(artifact.name, "planned" if reason else "up to date", detail))
+    if not plan:
+        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], items)
+    return TargetResult(TARGET, Status.PLANNED, plan, items)
+
+
+# ---- unpacking --------------------------------------------------------------------------
+
+
+def _record_path(tarball: Path) -> Path:
+    return tarball.with_name(f".{tarball.name}.unpacked.json")
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _tar_id(tarball: Path, validators: Validators | None) -> object:
+    """Which upstream version an unpacking came from (its validators, else its size)."""
+    return validators.identity() if validators else {"size": _stat(tarball)}
+
+
+def unpack_reason(tarball: Path, folder: Path, validators: Validators | None, *, force: bool = False) -> str | None:
+    """Why ``tarball`` needs unpacking into ``folder``, or None when its last unpacking still stands."""
+    if force:
+        return f"unpack {tarball.name} again (--force)"
+    try:
+        record = json.loads(_record_path(tarball).read_text())
+    except (FileNotFoundError, ValueError):
+        return f"unpack {tarball.name} (never unpacked here)"
+    if record.get("tarball") != _tar_id(tarball, validators) or record.get("tarball_stat") != _stat(tarball):
+        return f"unpack {tarball.name} (it changed since its last unpacking)"
+    for name, stat in record.get("members", {}).items():
+        if _stat(folder / name) != stat:
+            return f"unpack {tarball.name} ({name} is missing or was modified)"
+    return None
+
+
+def unpack_if_changed(
+    tarball: Path, folder: Path, validators: Validators | None, *, force: bool = False
+) -> tuple[list[str], bool]:
+    """Unpack ``tarball`` into ``folder`` unless already done for this version; (member files, unpacked?)."""
+    with artifact_lock(tarball, "unpacking"):
+        reason = unpack_reason(tarball, folder, validators, force=force)
+        if reason is None:
+            return sorted(json.loads(_record_path(tarball).read_text())["members"]), False
+        log.info("%s", reason)
+        for stale in folder.glob(f".unpack-{tarball.name}-*"):
+            # Left by a run that was killed mid-way (we hold the lock: nobody else is using it).
+            shutil.rmtree(stale, ignore_errors=True)
+        members = safe_unpack(tarball, folder)
+        record = {"tarball": _tar_id(tarball, validators), "tarball_stat": _stat(tarball),
+                  "members": {name: _stat(folder / name) for name in members}}
+        atomic_write(_record_path(tarball), json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return members, True
+
+
+def check_members(tarball: Path, members: list[tarfile.TarInfo]) -> None:
+    """Refuse a tarball with a member that could land outside its folder, a link out, or a device."""
+    for member in members:
+        name = member.name
+        problem = None
+        normal = posixpath.normpath(name)
+        if name.startswith("/") or posixpath.isabs(normal):
+            problem = "is an absolute path"
+        elif normal == ".." or normal.startswith("../"):
+            problem = "escapes the folder"
+        elif member.ischr() or member.isblk() or member.isfifo() or not (
+            member.isfile() or member.isdir() or member.issym() or member.islnk()
+        ):
+            problem = "is a device, fifo or other special file"
+        elif member.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(normal), member.linkname))
+            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                problem = f"is a symlink out of the folder (→ {member.linkname})"
+        elif member.islnk():
+            target = posixpath.normpath(member.linkname)
+            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                problem = f"is a hard link out of the folder (→ {member.linkname})"
+        if problem:
+            raise ImageError(
+                f"{tarball}: member {name!r} {problem}; refusing to unpack it",
+                "the upstream tarball is unsafe or corrupt: check upstream.images_url, delete the file and fetch again",
+            )
+
+
+def safe_unpack(tarball: Path, folder: Path) -> list[str]:
+    """Unpack into a temporary folder beside ``folder``'s files, then move each entry into place."""
+    try:
+        with tarfile.open(tarball) as tar:
+            members = tar.getmembers()
+            check_members(tarball, members)
+            tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".unpack-{tarball.name}-"))
+            try:
+                # The "data" filter is a second line of defence behind check_members.
+                tar.extractall(tmp, filter="data")
+                files = sorted(posixpath.normpath(m.name) for m in members if not m.isdir())
+                for entry in sorted(p.name for p in tmp.iterdir()):
+                    target = folder / entry
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)
+                    (tmp / entry).replace(target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (tarfile.TarError, EOFError) as exc:
+        # FilterError is a TarError too, but check_members refuses those members first.
+        raise ImageError(f"{tarball}: not a readable tarball ({exc})",
+                         "delete it and fetch again (apex fetch-images --force)") from None
+    with contextlib.suppress(ValueError):
+        files.remove(".")
+    return files

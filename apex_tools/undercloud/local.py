@@ -1,0 +1,14 @@
+"""The ``local`` driver: this host plays the undercloud (the lab, or a jumphost that is one)."""
+
+from __future__ import annotations
+
+from apex_tools.undercloud.base import SSHTarget, Undercloud
+
+
+class LocalUndercloud(Undercloud):
+    """Playbooks run with a local connection; the registry is this host's."""
+
+    name = "local"
+
+    def ssh(self) -> SSHTarget | None:
+        return None
