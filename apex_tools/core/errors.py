@@ -43,5 +43,9 @@ class GerritError(ApexError):
     """A Gerrit change could not be found or fetched."""
 
 
+class UndercloudError(ApexError):
+    """The undercloud cannot be created, reached or configured, or a playbook on it failed."""
+
+
 class NotBuiltError(ApexError):
     """A target whose implementation has not landed yet."""

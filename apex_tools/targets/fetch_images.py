@@ -227,8 +227,12 @@ def safe_unpack(tarball: Path, folder: Path) -> list[str]:
             check_members(tarball, members)
             tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".unpack-{tarball.name}-"))
             try:
-                # The "data" filter is a second line of defence behind check_members.
-                tar.extractall(tmp, filter="data")
+                # The "data" filter (Python 3.11.4+) is a second line of defence behind
+                # check_members, which alone guards older interpreters such as Debian 12's 3.11.2.
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, filter="data")
+                else:
+                    tar.extractall(tmp)
                 files = sorted(posixpath.normpath(m.name) for m in members if not m.isdir())
                 for entry in sorted(p.name for p in tmp.iterdir()):
                     target = folder / entry

@@ -1,29 +1,16 @@
-"""The driver interface every undercloud implements, and the choice of driver from the options."""
+"""The driver interface every undercloud implements."""
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from apex_tools.core.config import Options
-from apex_tools.core.errors import ApexError
-
-
-class UndercloudError(ApexError):
-    """The undercloud cannot be created, reached or configured."""
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    """How this host reaches the undercloud over SSH."""
-
-    host: str
-    port: int
-    user: str
-    key: Path
+from apex_tools.undercloud.playbook import playbook_path, run_playbook
+from apex_tools.undercloud.ssh import SSHTarget
 
 
 class Undercloud(ABC):
@@ -53,20 +40,7 @@ class Undercloud(ABC):
         """
         yield self.registry_address
 
-
-def driver_names() -> tuple[str, ...]:
-    """The valid values of ``undercloud.driver``."""
-    return ("libvirt", "existing", "local")
-
-
-def driver_for(options: Options, registry_address: str) -> Undercloud:
-    """The driver ``undercloud.driver`` names; an unknown name lists the valid ones."""
-    name = options.undercloud.driver
-    if name == "local":
-        from apex_tools.undercloud.local import LocalUndercloud
-
-        return LocalUndercloud(options, registry_address)
-    raise UndercloudError(
-        f"undercloud driver {name!r} is not built yet",
-        f"set undercloud.driver to one of: {', '.join(driver_names())}",
-    )
+    def run_playbook(self, name: str, extra_vars: Mapping[str, Any], log_path: Path,
+                     timeout: float | None = None) -> str:
+        """Run the bundled playbook ``name`` on the undercloud (see ``playbook.run_playbook``)."""
+        return run_playbook(playbook_path(name), self.ssh(), extra_vars, log_path, timeout=timeout)

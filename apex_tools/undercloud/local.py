@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from apex_tools.undercloud.base import SSHTarget, Undercloud
+from apex_tools.undercloud.base import Undercloud
+from apex_tools.undercloud.ssh import SSHTarget
 
 
 class LocalUndercloud(Undercloud):

@@ -1,0 +1,24 @@
+"""The choice of undercloud driver from the options (``undercloud.driver``)."""
+
+from __future__ import annotations
+
+from apex_tools.core.config import Options
+from apex_tools.core.errors import UndercloudError
+from apex_tools.undercloud.base import Undercloud
+from apex_tools.undercloud.local import LocalUndercloud
+
+
+def driver_names() -> tuple[str, ...]:
+    """The valid values of ``undercloud.driver``."""
+    return ("libvirt", "existing", "local")
+
+
+def driver_for(options: Options, registry_address: str) -> Undercloud:
+    """The driver ``undercloud.driver`` names; an unknown name lists the valid ones."""
+    name = options.undercloud.driver
+    if name == "local":
+        return LocalUndercloud(options, registry_address)
+    raise UndercloudError(
+        f"undercloud driver {name!r} is not built yet",
+        f"set undercloud.driver to one of: {', '.join(driver_names())}",
+    )

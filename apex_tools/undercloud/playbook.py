@@ -1,0 +1,137 @@
+"""Run one of our playbooks against the undercloud with ``ansible-playbook``.
+
+The inventory names a single host, ``undercloud``: a local connection when the driver has no
+SSH target, else SSH with the driver's host, port, user and key. The whole output goes to a log
+file; a failure raises ``PlaybookError`` naming the task, the host and the tail of its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apex_tools.core.resources import data_path
+from apex_tools.core.state import atomic_write
+from apex_tools.core.errors import UndercloudError
+from apex_tools.undercloud.ssh import SSHTarget
+
+HOST = "undercloud"
+TAIL = 15
+
+_TASK = re.compile(r"^TASK \[(?P<name>.*)\] \**$")
+_FATAL = re.compile(r"^fatal: \[(?P<host>[^\]]+)\]: (?P<what>FAILED|UNREACHABLE)! => (?P<body>.*)$")
+
+
+class PlaybookError(UndercloudError):
+    """A playbook failed on the undercloud."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first failed task of a run, as ansible reported it."""
+
+    task: str
+    host: str
+    kind: str
+    output: list[str]
+
+
+def playbook_path(name: str) -> Path:
+    """A bundled playbook by file name (``ansible/playbooks/<name>``)."""
+    return data_path("ansible", "playbooks", name)
+
+
+def inventory(ssh: SSHTarget | None) -> dict[str, Any]:
+    """The one-host inventory (YAML/JSON form) for a driver's connection."""
+    if ssh is None:
+        # The system's python runs the modules (it has what they import); ours is the fallback.
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+        host = {"ansible_connection": "local", "ansible_python_interpreter": python}
+    else:
+        host = {
+            "ansible_host": ssh.host,
+            "ansible_port": ssh.port,
+            "ansible_user": ssh.user,
+            "ansible_ssh_private_key_file": str(ssh.key),
+            # The driver has already checked the host; the undercloud's key may change on rebuild.
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                       "-o BatchMode=yes -o LogLevel=ERROR",
+        }
+    return {"all": {"hosts": {HOST: host}}}
+
+
+def first_failure(output: str) -> Failure | None:
+    """The first ``fatal:`` line of a default-callback output, with its task and message lines."""
+    task = "(before any task)"
+    for line in output.splitlines():
+        if m := _TASK.match(line.strip()):
+            task = m["name"]
+        elif m := _FATAL.match(line.strip()):
+            return Failure(task, m["host"], m["what"].lower(), _message_lines(m["body"]))
+    return None
+
+
+def _message_lines(body: str) -> list[str]:
+    """The useful lines of a failed task's result: msg, stderr, stdout (last lines first kept)."""
+    try:
+        result = json.loads(body)
+    except json.JSONDecodeError:
+        return [body]
+    lines: list[str] = []
+    for key in ("msg", "stderr", "stdout"):
+        value = result.get(key) if isinstance(result, dict) else None
+        if value:
+            lines += str(value).splitlines()
+    return lines[-TAIL:] or [body]
+
+
+def run_playbook(
+    playbook: Path,
+    ssh: SSHTarget | None,
+    extra_vars: Mapping[str, Any],
+    log_path: Path,
+    *,
+    timeout: float | None = None,
+) -> str:
+    """Run ``playbook`` on the undercloud; return its output, or raise ``PlaybookError``."""
+    if shutil.which("ansible-playbook") is None:
+        raise PlaybookError("ansible-playbook is not installed", "apt-get install ansible-core")
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "0", "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory(prefix="apex-ansible-") as tmp:
+        inv = Path(tmp) / "inventory.json"
+        inv.write_text(json.dumps(inventory(ssh)))
+        evars = Path(tmp) / "vars.json"
+        evars.write_text(json.dumps(dict(extra_vars), default=str))
+        cmd = ["ansible-playbook", "-i", str(inv), "-e", f"@{evars}", str(playbook)]
+        try:
+            # Its own /dev/null: ansible refuses a non-blocking stdin.
+            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
+            atomic_write(log_path, out.encode())
+            raise PlaybookError(f"playbook {playbook.name} did not finish within {timeout:.0f} s",
+                                f"read {log_path}") from None
+    atomic_write(log_path, done.stdout.encode())
+    if done.returncode == 0:
+        return done.stdout
+    failure = first_failure(done.stdout)
+    if failure is None:
+        tail = "\n  ".join(done.stdout.strip().splitlines()[-TAIL:])
+        raise PlaybookError(f"playbook {playbook.name} failed (exit {done.returncode}):\n  {tail}",
+                            f"the whole output is in {log_path}")
+    body = "\n  ".join(failure.output)
+    raise PlaybookError(
+        f"playbook {playbook.name}: task {failure.task!r} {failure.kind} on {failure.host}:\n  {body}",
+        f"the whole output is in {log_path}",
+    )
