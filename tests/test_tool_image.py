@@ -58,7 +58,7 @@ def installed_python(venv: Path, code: str) -> str:
 
 def test_installed_wheel_finds_a_bundled_scenario(installed: Path) -> None:
     found = Path(installed_python(installed, (
-        "from apex_tools.resources import data_path; "
+        "from apex_tools.core.resources import data_path; "
         "print(data_path('config', 'deploy', 'os-nosdn-nofeature-noha.yaml'))"
     )))
     assert found.is_file()
@@ -67,7 +67,7 @@ def test_installed_wheel_finds_a_bundled_scenario(installed: Path) -> None:
 
 @pytest.mark.parametrize("tree", DATA_TREES, ids=lambda tree: f"{tree}/")
 def test_installed_wheel_carries_every_file_of_the_data_tree(installed: Path, tree: str) -> None:
-    root = Path(installed_python(installed, f"from apex_tools.resources import data_path; print(data_path('{tree}'))"))
+    root = Path(installed_python(installed, f"from apex_tools.core.resources import data_path; print(data_path('{tree}'))"))
 
     def files(base: Path) -> set[str]:
         return {str(p.relative_to(base)) for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
@@ -141,7 +141,7 @@ def test_image_without_arguments_prints_help(tool_image: str) -> None:
 
 @pytest.mark.slow
 def test_image_finds_the_bundled_scenario(tool_image: str) -> None:
-    code = "from apex_tools.resources import data_path; print(data_path('config', 'deploy'))"
+    code = "from apex_tools.core.resources import data_path; print(data_path('config', 'deploy'))"
     folder = docker_run(tool_image, "-c", code, entrypoint="python").strip()
     assert folder.startswith("/opt/apex-tools/lib/")
     listing = docker_run(tool_image, folder, entrypoint="ls").split()
