@@ -40,7 +40,7 @@ SCENARIO_ENVIRONMENTS: dict[str, tuple[str, ...]] = {
     "ovn": ("environments/services-docker/neutron-ovn-ha.yaml", "environments/services/neutron-ovn-ha.yaml"),
     # Since stein THT's default is OVN; an Apex "nosdn" scenario is ML2/OVS.
     "ovs": ("environments/services/neutron-ovs.yaml",),
-    "ceph": ("environments/ceph-ansible/ceph-ansible.yaml",),
+    "ceph": ("environments/ceph-ansible/ceph-ansible.yaml", "environments/cephadm/cephadm.yaml"),
 }
 
 _IMAGE = re.compile(r"^@namespace@/@name_prefix@(?P<name>[A-Za-z0-9._-]+)@name_suffix@:@tag@$")
