@@ -176,19 +176,24 @@ def pinned_versions(out_dir: Path, release: str) -> tuple[str | None, str | None
     return found.get(TRIPLEO_COMMON), found.get(THT)
 
 
+def release_sdists(cache: Path, release: str, pins: Path | None = None, fetch: bool = True) -> tuple[Path, Path]:
+    """The tripleo-common and THT sdists of ``release``: the versions the files under ``pins``
+    name (e.g. ``build/tripleo``), else the newest of each major."""
+    tc_major, tht_major = MAJORS[release]
+    tc_pin, tht_pin = pinned_versions(pins, release) if pins else (None, None)
+    return (sdist(cache, TRIPLEO_COMMON, tc_major, tc_pin, fetch), sdist(cache, THT, tht_major, tht_pin, fetch))
+
+
 def generate(out_dir: Path, cache: Path, releases: tuple[str, ...] = OS_VERSIONS, newest: bool = False,
-             fetch: bool = True, log: Callable[[str], None] = lambda _: None) -> list[Written]:
+             fetch: bool = True, log: Callable[[str], None] = lambda _: None, pins: Path | None = None) -> list[Written]:
     """Write each release's ``images.yaml`` and ``heat.yaml`` under ``out_dir/<release>/``.
 
-    Without ``newest`` the versions the existing files name are used again (byte-for-byte
-    regeneration); with it, the newest sdist of each major is fetched.
+    Without ``newest`` the versions the files under ``pins`` (default ``out_dir``) name are used
+    again (byte-for-byte regeneration); with it, the newest sdist of each major is fetched.
     """
     written = []
     for release in releases:
-        tc_major, tht_major = MAJORS[release]
-        tc_pin, tht_pin = (None, None) if newest else pinned_versions(out_dir, release)
-        tc = sdist(cache, TRIPLEO_COMMON, tc_major, tc_pin, fetch)
-        tht = sdist(cache, THT, tht_major, tht_pin, fetch)
+        tc, tht = release_sdists(cache, release, None if newest else (pins or out_dir), fetch)
         log(f"{release}: {tc.name}, {tht.name}")
         texts = {
             "images.yaml": images_file(release, _version_of(tc), tripleo.read_tripleo_common(unpack(tc))),

@@ -34,7 +34,7 @@ class HeatTemplates:
     resource_registry: dict[str, str] = field(default_factory=dict, compare=False)  # service → default template
     # scenario environment file → its resource_registry (services only)
     scenario_environments: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
-    source: str = ""  # "tripleo-heat-templates 11.6.0" or the tree read
+    source: str = field(default="", compare=False)  # "tripleo-heat-templates 11.6.0" or the tree read
 
     def has_parameter(self, name: str) -> bool:
         return name in self.parameters
