@@ -312,3 +312,15 @@ def load_catalog(os_version: str, projects_path: Path | None = None) -> Catalog:
         source=f"{data.package} {data.version}",
         ceph_defaults=dict(data.ceph_defaults),
     )
+
+
+# Config keys whose empty value means "the release's" Ceph image part.
+CEPH_KEYS = ("upstream.ceph_registry", "ceph.namespace", "ceph.image", "ceph.tag")
+
+
+def ceph_defaults_shown(os_version: str) -> dict[str, str]:
+    """What ``upstream.ceph_registry``/``ceph.namespace``/``ceph.image``/``ceph.tag`` mean when
+    empty, for ``os_version`` (``apex config`` shows these effective values)."""
+    ceph = load_catalog(os_version).ceph
+    namespace, _, image = ceph.repository.rpartition("/")
+    return dict(zip(CEPH_KEYS, (ceph.registry, namespace, image, ceph.tag)))
