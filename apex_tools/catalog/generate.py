@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -95,28 +96,33 @@ def sdist(cache: Path, package: str, major: int, version: str | None = None, fet
 
 
 def unpack(archive: Path) -> Path:
-    """The unpacked tree beside the sdist (unpacked once; only regular files and folders)."""
+    """The unpacked tree beside the sdist (unpacked once; only regular files and folders, no
+    absolute or ``..`` paths: Python 3.11.2's tarfile has no ``filter=``)."""
     target = archive.with_name(archive.name.removesuffix(".tar.gz"))
     if target.is_dir():
         return target
     tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
-                   and not m.name.startswith("/") and ".." not in Path(m.name).parts]
-        for member in members:
-            dest = tmp / member.name
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+                continue
+            dest = tmp.joinpath(*parts)
             if member.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(member)
-            assert source is not None
-            dest.write_bytes(source.read())
+            if source is not None:
+                dest.write_bytes(source.read())
+    # An sdist holds one top folder (<name>-<version>/): that folder becomes the tree.
     inner = [p for p in tmp.iterdir() if p.is_dir()]
-    root = inner[0] if len(inner) == 1 else tmp
-    root.rename(target) if root != tmp else tmp.rename(target)
-    if tmp.exists():
+    if len(inner) == 1 and len(list(tmp.iterdir())) == 1:
+        inner[0].rename(target)
         tmp.rmdir()
+    else:
+        tmp.rename(target)
     return target
 
 
