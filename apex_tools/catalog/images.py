@@ -186,19 +186,20 @@ class Catalog:
     def enabled_services(self, ds: DeploySettings) -> dict[str, str]:
         """Service → why it is enabled: a default role's service that the default resource
         registry, overlaid by the scenario's environment files, does not map to OS::Heat::None."""
-        registry = {s: (t, "the default resource registry") for s, t in self.heat.resource_registry.items()}
+        registry = {s: (t, "") for s, t in self.heat.resource_registry.items()}
         for env in self.environments(ds):
             registry.update((s, (t, env)) for s, t in self.heat.scenario_environments[env].items())
         enabled: dict[str, str] = {}
         for role, services in sorted(self.heat.roles.items()):
             for service in services:
-                template, where = registry.get(service, ("", ""))
+                template, env = registry.get(service, ("", ""))
                 if template == tripleo.HEAT_NONE or service in enabled:
                     continue
-                enabled[service] = f"role {role}" + (f", {where}" if where != "the default resource registry" else "")
+                enabled[service] = f"role {role}" + (f", enabled by {env}" if env else "")
         return dict(sorted(enabled.items()))
 
     def neutron_driver(self, ds: DeploySettings) -> str:
+        """tripleo-common's ``neutron_driver`` for the deployment: odl, ovn or other."""
         return NEUTRON_DRIVER.get(ds.deploy_options.sdn_controller or "", "other")
 
     def deployment_images(self, ds: DeploySettings) -> list[CatalogImage]:
