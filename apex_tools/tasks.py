@@ -16,10 +16,12 @@ from typing import Any
 from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
 
-from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name
+from apex_tools.catalog.images import ceph_defaults_shown
+from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name, settings_path
 from apex_tools.core.console import Output
 from apex_tools.core.errors import ApexError
 from apex_tools.core.run import RunContext, Status, TargetResult
+from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
 from apex_tools.targets import FLOW, registry
 
@@ -189,11 +191,24 @@ def show_config(c: Context, key: str = "") -> None:
     if key and key not in KNOWN_KEYS:
         raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=2)
     width = max(len(k) for k in keys)
+    derived = _release_defaults(effective)
     for name in keys:
-        value = effective.values[name]
+        value, source = effective.values[name], effective.sources[name]
         if name.endswith("password") and value:
             value = "********"  # set, but never shown
-        print(f"{name:<{width}}  {value!s:<40}  # {effective.sources[name]}  (env {env_name(name)})")
+        if value == "" and name in derived:
+            value, source = derived[name]
+        print(f"{name:<{width}}  {value!s:<40}  # {source}  (env {env_name(name)})")
+
+
+def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:
+    """Key → (effective value, source) for the empty keys that mean "the release's" (the Ceph image)."""
+    try:
+        os_version = load_deploy_settings(settings_path(effective.options.deploy_settings, "deploy")).os_version
+        shown = ceph_defaults_shown(os_version)
+    except ApexError:
+        return {}  # unreadable deploy settings: show the raw "" rather than fail `apex config`
+    return {k: (v, f"default: {os_version}'s (tripleo-common)") for k, v in shown.items()}
 
 
 ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config)

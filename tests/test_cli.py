@@ -127,3 +127,15 @@ def test_config_never_prints_passwords():
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout
     assert "********" in next(l for l in result.stdout.splitlines() if l.startswith("registry.password"))
+
+
+def test_config_shows_the_releases_ceph_image_not_an_empty_string(tmp_path):
+    result = cli("apex", "config", env={"PATH": "/usr/bin:/bin", "APEX_DEPLOY_SETTINGS": "os-nosdn-queens_upstream-noha"})
+    assert result.returncode == 0, result.stderr
+    lines = {l.split()[0]: l for l in result.stdout.splitlines() if l.strip()}
+    assert lines["upstream.ceph_registry"].split()[1] == "docker.io"
+    assert "queens's (tripleo-common)" in lines["upstream.ceph_registry"]
+    assert lines["ceph.namespace"].split()[1] == "ceph" and lines["ceph.image"].split()[1] == "daemon"
+    assert lines["ceph.tag"].split()[1].endswith("-luminous-centos-7-x86_64")
+    result = cli("apex", "config", "--key", "ceph.tag", env={"PATH": "/usr/bin:/bin", "APEX_CEPH_TAG": "v9"})
+    assert result.stdout.split()[1] == "v9" and "# environment" in result.stdout

@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
         # Credentials; "" = the docker config.json entry for the registry, else anonymous.
         "username": "",
         "password": "",
-        # Where the Ceph daemon image is pulled from; "" = the catalog's (docker.io).
+        # Where the Ceph daemon image is pulled from; "" = the release's (tripleo-common's
+        # container_image_prepare_defaults.yaml, e.g. docker.io); `apex config` shows it.
         "ceph_registry": "",
     },
     # Anonymous REST; `timeout` seconds a request, `tries` attempts on errors, 429 and 5xx.
@@ -111,6 +112,11 @@ DEFAULTS: dict[str, Any] = {
         "loop_size_baremetal": "50G",
         "pool_size": 2,
         "pg_num": 32,
+        # The Ceph daemon image <upstream.ceph_registry>/<namespace>/<image>:<tag> (ceph_namespace,
+        # ceph_image, ceph_tag of ContainerImagePrepare); "" = the release's.
+        "namespace": "",
+        "image": "",
+        "tag": "",
     },
 }
 
@@ -200,6 +206,9 @@ class CephOptions(_Strict):
     loop_size_baremetal: str = Field(pattern=r"^[1-9][0-9]*[KMGT]?$")
     pool_size: int = Field(ge=1, le=10)
     pg_num: int = Field(ge=1)
+    namespace: str = Field(pattern=r"^([a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*)?$")
+    image: str = Field(pattern=r"^([a-z0-9][a-z0-9._-]*)?$")
+    tag: str = Field(pattern=r"^([A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
 
 
 class Options(_Strict):

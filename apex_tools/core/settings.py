@@ -10,10 +10,10 @@ import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_origin
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apex_tools.core.errors import SettingsError
 
@@ -29,6 +29,37 @@ def short_name(project: str) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_empty(cls, data: Any) -> Any:
+        """A key written with no value (YAML null) means empty for lists and the default for
+        sections (``overcloud:`` alone), as Apex's own loader read them."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            for key in {name, info.alias or name}:
+                if key not in out or out[key] is not None:
+                    continue
+                if get_origin(info.annotation) is tuple:
+                    out[key] = ()
+                elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) \
+                        and not info.is_required():
+                    del out[key]
+        return out
+
+
+# What a list key holds, for "expected a list of …" (pydantic would say "a valid tuple").
+LIST_ITEMS = {
+    "overcloud": "patches ({change-id, project, branch})",
+    "undercloud": "patches ({change-id, project, branch})",
+    "members": "NIC names",
+    "ntp": "NTP servers",
+    "dns_nameservers": "DNS servers",
+    "dhcp_range": "two addresses (first, last)",
+    "introspection_range": "two addresses (first, last)",
+}
 
 
 class Patch(_Strict):
@@ -153,6 +184,12 @@ class PatchesFile(_Strict):
 
     patches: dict[Literal[OS_VERSIONS], PatchSet]  # type: ignore[valid-type]
 
+    @field_validator("patches", mode="before")
+    @classmethod
+    def _null_versions(cls, value: Any) -> Any:
+        # `queens:` with nothing after it: no patches for queens.
+        return {k: ({} if v is None else v) for k, v in value.items()} if isinstance(value, dict) else value
+
     def for_version(self, os_version: str) -> PatchSet:
         return self.patches.get(os_version, PatchSet())
 
@@ -226,6 +263,11 @@ def _describe(model: type[BaseModel], data: Any, err: dict[str, Any]) -> str:
         return f"{path}: required key is missing"
     value = _value_at(data, loc)
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("tuple_type", "list_type"):
+        key = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        msg = f"expected a list of {LIST_ITEMS[key]}" if key in LIST_ITEMS else "expected a list"
+    elif err["type"] in ("dict_type", "model_type", "model_attributes_type"):
+        msg = "expected a mapping (key: value lines)"
     return f"{path}: {value!r}: {msg}"
 
 

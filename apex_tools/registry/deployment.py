@@ -1,4 +1,4 @@
-"""The deployment's images (from the service → image catalog), the TripleO image lists, and the
+"""The deployment's images (chosen by its services from the catalog), the TripleO image lists, and the
 image parameter file ``docker-images.yaml``.
 """
 
@@ -38,18 +38,23 @@ class Naming:
     prefix: str
     tag: str
     local_registry: str
+    # The Ceph daemon image's parts; "" = the release's (tripleo-common's prepare defaults).
     ceph_registry: str = ""
+    ceph_namespace: str = ""
+    ceph_image: str = ""
+    ceph_tag: str = ""
 
 
 def naming_of(run: RunContext) -> Naming:
     """The run's naming: the ``upstream`` settings with ``{os_version}`` filled, the local registry."""
-    up = run.options.upstream
+    up, ceph = run.options.upstream, run.options.ceph
     return Naming(up.registry, run.expand(up.namespace), up.name_prefix, up.tag, run.registry_address,
-                  up.ceph_registry)
+                  up.ceph_registry, ceph.namespace, ceph.image, ceph.tag)
 
 
 def deployment_images(catalog: Catalog, ds: DeploySettings, naming: Naming) -> list[DeploymentImage]:
-    """Every image of the deployment (service images, SDN ones, the Ceph daemon), sorted by name."""
+    """Every image of the deployment (the images of its enabled services, SDN ones, the Ceph daemon),
+    sorted by name; why each is there is logged at debug level (``--verbose``)."""
     images = []
     for image in catalog.deployment_images(ds):
         source = image.ref(naming.upstream_registry, naming.namespace, naming.prefix, naming.tag)
@@ -57,7 +62,8 @@ def deployment_images(catalog: Catalog, ds: DeploySettings, naming: Naming) -> l
                                       image.parameters, sdn=image.sdn is not None))
     ceph = catalog.ceph_image(ds)
     if ceph is not None:
-        source = ceph.ref(naming.ceph_registry or None)
+        ceph = ceph.configured(naming.ceph_registry, naming.ceph_namespace, naming.ceph_image, naming.ceph_tag)
+        source = ceph.ref()
         images.append(DeploymentImage(source.repository, source, source.with_registry(naming.local_registry),
                                       ceph.parameters))
     return sorted(images, key=lambda i: i.name)

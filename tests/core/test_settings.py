@@ -188,3 +188,31 @@ def test_bad_patches_file_names_version(tmp_path):
     with pytest.raises(SettingsError) as err:
         load_patches_file(path)
     assert "patches.pike" in str(err.value) and "'master'" in str(err.value)
+
+
+def test_a_list_key_with_no_value_is_empty(tmp_path):
+    path = tmp_path / "ds.yaml"
+    path.write_text("global_params:\n  ha_enabled: false\n  patches:\n    overcloud:\n    undercloud:\n")
+    ds = load_deploy_settings(path)
+    assert ds.global_params.patches.overcloud == () and ds.global_params.patches.undercloud == ()
+    path.write_text("global_params:\n  ha_enabled: false\n  patches:\n")
+    assert load_deploy_settings(path).global_params.patches.overcloud == ()
+
+
+def test_a_wrong_type_is_named_in_words_a_user_knows(tmp_path):
+    path = write(tmp_path, {"global_params": {"ha_enabled": False, "patches": {"overcloud": "I" + "a" * 40}}})
+    with pytest.raises(SettingsError) as err:
+        load_deploy_settings(path)
+    message = str(err.value)
+    assert f"{path}: global_params.patches.overcloud: 'I{'a' * 40}': expected a list of patches" in message
+    assert "tuple" not in message
+    path = write(tmp_path, {"global_params": {"ha_enabled": False, "patches": ["x"]}})
+    with pytest.raises(SettingsError, match="global_params.patches: \\['x'\\]: expected a mapping"):
+        load_deploy_settings(path)
+
+
+def test_a_patches_file_version_with_no_value_has_no_patches(tmp_path):
+    path = tmp_path / "common-patches.yaml"
+    path.write_text("patches:\n  queens:\n  rocky:\n    overcloud:\n")
+    loaded = load_patches_file(path)
+    assert loaded.for_version("queens").overcloud == () and loaded.for_version("rocky").undercloud == ()

@@ -25,15 +25,15 @@ def _naming(os_version: str) -> Naming:
     "os_version, parameter, ceph_parameter",
     [("queens", "DockerNovaApiImage", "DockerCephDaemonImage"),
      ("rocky", "DockerNovaApiImage", "DockerCephDaemonImage"),
-     ("stein", "ContainerNovaApiImage", "ContainerCephDaemonImage"),
-     ("master", "ContainerNovaApiImage", "ContainerCephDaemonImage")],
-    ids=["queens-docker", "rocky-docker", "stein-container", "master-container"],
+     ("stein", "DockerNovaApiImage", "DockerCephDaemonImage"),
+     ("train", "ContainerNovaApiImage", "ContainerCephDaemonImage")],
+    ids=["queens-docker", "rocky-docker", "stein-docker", "train-container"],
 )
 def test_parameter_names_follow_the_openstack_version(os_version, parameter, ceph_parameter):
     images = deployment_images(load_catalog(os_version), _settings(os_version), _naming(os_version))
     params = yaml.safe_load(parameter_file(parameter_refs(images, {"nova-api"}), "192.0.2.1:8787"))["parameter_defaults"]
     assert params[parameter] == f"192.0.2.1:8787/tripleo{os_version}/centos-binary-nova-api:apex"
-    assert params[ceph_parameter].startswith("192.0.2.1:8787/ceph/daemon:")
+    assert params[ceph_parameter].startswith("192.0.2.1:8787/" + ("ceph-ci" if os_version == "train" else "ceph") + "/daemon:")
     assert params["DockerInsecureRegistryAddress"] == ["192.0.2.1:8787"]
     other = "DockerKeystoneImage" if parameter.startswith("Docker") else "ContainerKeystoneImage"
     assert params[other].endswith("/centos-binary-keystone:current-tripleo")
@@ -49,17 +49,17 @@ def test_secure_registry_has_no_insecure_address_and_no_ceph_without_ceph():
 
 
 def test_sdn_images_go_to_their_own_list_and_replace_the_ones_they_stand_in_for():
-    images = deployment_images(load_catalog("master"), _settings("master", sdn="opendaylight"), _naming("master"))
+    images = deployment_images(load_catalog("stein"), _settings("stein", sdn="opendaylight"), _naming("stein"))
     lists = {name: yaml.safe_load(text)["container_images"] for name, text in image_lists(images).items()}
     sdn = [e["imagename"] for e in lists["sdn_containers.yaml"]]
-    assert "docker.io/tripleomaster/centos-binary-opendaylight:current-tripleo" in sdn
+    assert "docker.io/tripleostein/centos-binary-opendaylight:current-tripleo" in sdn
     overcloud = [e["imagename"] for e in lists["overcloud_containers.yaml"]]
     assert not any("neutron-openvswitch-agent" in name for name in overcloud + sdn)
     assert {e["push_destination"] for e in lists["overcloud_containers.yaml"] + lists["sdn_containers.yaml"]} == {
         "192.0.2.1:8787"}
     assert overcloud == sorted(overcloud)
     params = parameter_refs(images, ())
-    assert str(params["ContainerNeutronApiImage"]).endswith("centos-binary-neutron-server-opendaylight:current-tripleo")
+    assert str(params["DockerNeutronApiImage"]).endswith("centos-binary-neutron-server-opendaylight:current-tripleo")
 
 
 def test_rendering_is_byte_for_byte_stable():

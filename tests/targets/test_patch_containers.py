@@ -40,6 +40,7 @@ UNDER_PATCH = git_patch(UNDER, {"tripleo_common/actions/base.py": ("x\n", "y\n")
 # Images of the upstream registry; nova-libvirt is left out on purpose (reported missing).
 UPSTREAM_NOVA = ["nova-api", "nova-compute", "nova-conductor", "nova-novncproxy", "nova-scheduler"]
 SITE = "/usr/lib/python3/dist-packages"
+ODL_STEIN = "{}/tripleostein/centos-binary-opendaylight"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,9 @@ def upstream(tmp_path_factory, docker_client, base_image, debian_image):
         for name in UPSTREAM_NOVA + ["opendaylight"]:
             docker_client.api.tag(f"{service}nova-api:current-tripleo", f"{service}{name}", "current-tripleo")
             docker_client.images.push(f"{service}{name}", "current-tripleo")
+        # OpenDaylight left TripleO after stein: its test deploys stein.
+        docker_client.api.tag(f"{service}nova-api:current-tripleo", ODL_STEIN.format(reg.address), "current-tripleo")
+        docker_client.images.push(ODL_STEIN.format(reg.address), "current-tripleo")
         # The build tests' base: a site-packages tree owned by the image's non-root user.
         dockerfile = (
             f"FROM {debian_image('patch', 'python3-minimal')}\n"
@@ -67,7 +71,7 @@ def upstream(tmp_path_factory, docker_client, base_image, debian_image):
             yield reg
         finally:
             for name in [f"{service}{n}:current-tripleo" for n in UPSTREAM_NOVA + ["opendaylight"]] + [
-                    f"{tag}:current-tripleo"]:
+                    f"{tag}:current-tripleo", ODL_STEIN.format(reg.address) + ":current-tripleo"]:
                 with contextlib.suppress(Exception):
                     docker_client.images.remove(name, force=True)
 
@@ -250,7 +254,7 @@ def test_unknown_change_fails_naming_change_project_and_branch(tmp_path, gerrit,
 )
 def test_opendaylight_image_is_rebuilt_for_another_release(tmp_path, gerrit, upstream, odl_version, rebuilt):
     run = make_run(tmp_path, gerrit.url, upstream.address,
-                   deploy_options={"sdn_controller": "opendaylight", "odl_version": odl_version},
+                   deploy_options={"sdn_controller": "opendaylight", "odl_version": odl_version, "os_version": "stein"},
                    patching__odl_repo_url="http://127.0.0.1:1/odl/{release}/")
     patch_containers(run)
     folder = tmp_path / "work" / "containers" / "opendaylight"

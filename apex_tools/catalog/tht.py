@@ -1,0 +1,73 @@
+"""What a release's tripleo-heat-templates declare: parameter names, environment files, the
+default roles' services and resource registries. From the bundled data
+(``build/tripleo/<release>/heat.yaml``) or read from an installed tree (an undercloud's
+``/usr/share/openstack-tripleo-heat-templates``) with the generator's own parser.
+
+    heat = heat_templates("train")
+    heat.has_parameter("ContainerNovaApiImage")          # True
+    heat.has_environment("environments/docker-ha.yaml")  # True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apex_tools.catalog import tripleo
+from apex_tools.core.errors import SettingsError
+from apex_tools.core.resources import data_path
+from apex_tools.core.settings import OS_VERSIONS
+
+
+@dataclass(frozen=True)
+class HeatTemplates:
+    """One release's tripleo-heat-templates, as far as the deploy and the image choice need them."""
+
+    release: str
+    parameters: frozenset[str]  # every parameter name THT's templates of that release declare
+    environments: frozenset[str]  # environment file paths relative to the THT root, e.g. "environments/docker.yaml"
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)  # Controller/Compute services
+    resource_registry: dict[str, str] = field(default_factory=dict, compare=False)  # service → default template
+    # scenario environment file → its resource_registry (services only)
+    scenario_environments: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+    source: str = field(default="", compare=False)  # "tripleo-heat-templates 11.6.0" or the tree read
+
+    def has_parameter(self, name: str) -> bool:
+        return name in self.parameters
+
+    def has_environment(self, path: str) -> bool:
+        return path.removeprefix("./") in self.environments
+
+
+def _from_data(release: str, data: dict[str, Any], source: str) -> HeatTemplates:
+    return HeatTemplates(
+        release=release,
+        parameters=frozenset(data["parameters"]),
+        environments=frozenset(data["environments"]),
+        roles={r: tuple(s) for r, s in data["roles"].items()},
+        resource_registry=dict(data["resource_registry"]),
+        scenario_environments={e: dict(r) for e, r in data["scenario_environments"].items()},
+        source=source,
+    )
+
+
+@lru_cache(maxsize=None)
+def heat_templates(os_version: str) -> HeatTemplates:
+    """The bundled facts of ``os_version``'s tripleo-heat-templates."""
+    if os_version not in OS_VERSIONS:
+        raise SettingsError(f"OpenStack version {os_version!r} is unknown", f"use one of {', '.join(OS_VERSIONS)}")
+    path = Path(data_path("build", "tripleo", os_version, "heat.yaml"))
+    try:
+        data = yaml.safe_load(path.read_text())
+        return _from_data(os_version, data, f"{data['package']} {data['version']}")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise SettingsError(f"{path}: cannot read: {exc}", "regenerate it with scripts/update-catalog") from None
+
+
+def heat_templates_from_dir(root: Path, release: str) -> HeatTemplates:
+    """The same facts read from an installed tree (e.g. ``/usr/share/openstack-tripleo-heat-templates``)."""
+    return _from_data(release, tripleo.read_heat_templates(Path(root)), str(root))
