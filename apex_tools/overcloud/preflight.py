@@ -85,6 +85,16 @@ def check_images(refs: Iterable[ImageRef], client_for: Callable[[ImageRef], tupl
                  jobs: int = 4) -> list[Problem]:
     """Every image is pullable as the undercloud reaches its registry: manifest (and children) and blobs."""
     unique = sorted(set(refs), key=str)
+    # One ping per registry first: a silent one is one problem, not every image waiting through retries.
+    silent: dict[str, str] = {}
+    for ref in unique:
+        client, seen_as = client_for(ref)
+        if client.host not in silent and not client.ping():
+            silent[client.host] = seen_as
+    problems = [Problem("images", f"registry {seen} does not answer at /v2/ (as the undercloud reaches it)",
+                        "start the local registry (push-registry does) or fix registry.address")
+                for seen in sorted(silent.values())]
+    unique = [ref for ref in unique if client_for(ref)[0].host not in silent]
 
     def one(ref: ImageRef) -> list[Problem]:
         client, seen_as = client_for(ref)
@@ -95,7 +105,7 @@ def check_images(refs: Iterable[ImageRef], client_for: Callable[[ImageRef], tupl
                             "check that the registry runs and is reachable from the undercloud")]
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(unique) or 1))) as pool:
-        return [p for found in pool.map(one, unique) for p in found]
+        return problems + [p for found in pool.map(one, unique) for p in found]
 
 
 def _check_image(client: RegistryClient, ref: ImageRef, seen_as: str) -> list[Problem]:

@@ -108,7 +108,7 @@ def test_apex_order_for_ha_odl_with_ceph() -> None:
     ]
     args = command_args(plan)
     assert args[:6] == ["openstack", "overcloud", "deploy", "--templates", "--timeout", "120"]
-    # master's plan in QUEENS' clothes: the release decides (here master → counts as parameters).
+    # The scenario is master: the counts go into the node environment, not the flags.
     assert args[args.index("--ntp-server"):] == [
         "--ntp-server", "pool.ntp.org", "--networks-file", "network_data.yaml", "--libvirt-type", "kvm"]
 
