@@ -16,11 +16,12 @@ from typing import Any
 from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
 
-from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name
+from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name, settings_path
 from apex_tools.core.console import Output
 from apex_tools.core.errors import ApexError
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.state import work_dir_lock
+from apex_tools.overcloud.inventory import load_inventory, scale_of
 from apex_tools.targets import FLOW, registry
 
 # Top-level keys of Invoke's own that may sit in the same config file as ours.
@@ -73,6 +74,9 @@ def run_targets(
         run = RunContext(options, force=force, dry_run=dry_run)
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
+        if "deploy" in names:  # the inventory too, and HA's three controllers, before hours of work
+            scale_of(load_inventory(settings_path(options.inventory_file, "inventory")),
+                     run.deploy_settings.global_params.ha_enabled)
     except ApexError as exc:
         raise Exit(f"apex: {exc}", code=2) from None
     # A dry run touches nothing, not even the log file or the lock.
