@@ -42,6 +42,7 @@ from apex_tools.overcloud import environments, preflight
 from apex_tools.overcloud.command import DeployPlan, deploy_command, libvirt_type, local_files, tht_environments
 from apex_tools.overcloud.inventory import Inventory, load_inventory, scale_of
 from apex_tools.overcloud.stack import COMPLETE, STACK, stack_home, stack_status, undercloud_templates
+from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.clients import Clients
 from apex_tools.undercloud.base import Undercloud
 from apex_tools.undercloud.drivers import driver_for
@@ -234,7 +235,8 @@ def _preflight(run: RunContext, check: _Deploy) -> list[str]:
         with check.undercloud.reachable_registry() as reachable:
             clients = Clients(run.options, reachable)
 
-            def client_for(ref: ImageRef):  # type: ignore[no-untyped-def]
+            def client_for(ref: ImageRef) -> tuple[RegistryClient, str]:
+                """The client reaching ``ref``'s registry from here, and how to name it in a problem."""
                 if ref.registry == check.undercloud.registry_address:
                     seen = ref.registry if reachable == ref.registry else f"{ref.registry}, reached at {reachable}"
                     return clients(reachable), seen
