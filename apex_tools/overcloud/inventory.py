@@ -137,7 +137,7 @@ HA_CONTROLLERS = 3
 
 
 def scale_of(inventory: Inventory, ha: bool) -> Scale:
-    """Controllers: 3 with HA (fewer is an error), else 1; computes: every compute node."""
+    """Controllers: with HA every control node (at least 3), else 1 (as Apex); computes: every compute node."""
     controllers = inventory.count("control")
     if ha and controllers < HA_CONTROLLERS:
         raise SettingsError(
@@ -148,4 +148,4 @@ def scale_of(inventory: Inventory, ha: bool) -> Scale:
     if controllers < 1:
         raise SettingsError(f"{inventory.path}: no node has profile:control",
                             "give one node capabilities: profile:control")
-    return Scale(HA_CONTROLLERS if ha else 1, inventory.count("compute"))
+    return Scale(controllers if ha else 1, inventory.count("compute"))
