@@ -143,12 +143,14 @@ def _check(run: RunContext) -> _Deploy:
     return _Deploy(plan, inventory, files, inputs, fp, undercloud, answers, tripleo, tht_source)
 
 
-def _why(record: Record | None, check: _Deploy) -> str:
+def _why(record: Record | None, check: _Deploy, force: bool = False) -> str:
     if record is None:
         return "first run"
     before = record.data.get("inputs", {})
     changed = [name for name, digest in check.inputs.items() if before.get(name) != digest]
-    return f"changed: {', '.join(changed)}" if changed else "inputs unchanged"
+    if changed:
+        return f"changed: {', '.join(changed)}"
+    return "--force" if force else "inputs unchanged"
 
 
 def _no_tripleo(check: _Deploy) -> str:
@@ -195,11 +197,11 @@ def _plan(run: RunContext, check: _Deploy, record: Record | None) -> list[str]:
     if not check.tripleo:
         plan.append(f"ready: {work / DEPLOY_COMMAND} is written but not run: {_no_tripleo(check)}")
     elif check.status is None:
-        plan.append(f"stack create: no {STACK} stack on the undercloud yet ({_why(record, check)})")
+        plan.append(f"stack create: no {STACK} stack on the undercloud yet ({_why(record, check, run.force)})")
     elif check.status in COMPLETE:
-        plan.append(f"stack update: {_why(record, check)}")
+        plan.append(f"stack update: {_why(record, check, run.force)}")
     else:
-        plan.append(f"stack update: the stack is {check.status} ({_why(record, check)})")
+        plan.append(f"stack update: the stack is {check.status} ({_why(record, check, run.force)})")
     return plan
 
 
