@@ -135,7 +135,8 @@ def _check(run: RunContext) -> _Deploy:
     inputs["registry images"] = pushed.fingerprint if pushed else "no push-registry record"
     custom = run.state.load(CEPH_LOOP)
     image_fp = custom.data.get("image_fingerprint") if custom else None
-    inputs[CUSTOM_IMAGE] = str(image_fp or file_stamp(work / CUSTOM_IMAGE))
+    # ceph-loop's identity of the image, and the file as it is (replaced by hand, it is noticed).
+    inputs[CUSTOM_IMAGE] = f"{image_fp} {file_stamp(work / CUSTOM_IMAGE)}"
     for path in upload_images(run)[1:]:
         inputs[path.name] = str(file_stamp(path))
     inputs["tripleo-heat-templates"] = tht_source
