@@ -87,10 +87,13 @@ def check_images(refs: Iterable[ImageRef], client_for: Callable[[ImageRef], tupl
     unique = sorted(set(refs), key=str)
     # One ping per registry first: a silent one is one problem, not every image waiting through retries.
     silent: dict[str, str] = {}
+    pinged: set[str] = set()
     for ref in unique:
         client, seen_as = client_for(ref)
-        if client.host not in silent and not client.ping():
-            silent[client.host] = seen_as
+        if client.host not in pinged:
+            pinged.add(client.host)
+            if not client.ping():
+                silent[client.host] = seen_as
     problems = [Problem("images", f"registry {seen} does not answer at /v2/ (as the undercloud reaches it)",
                         "start the local registry (push-registry does) or fix registry.address")
                 for seen in sorted(silent.values())]
