@@ -234,3 +234,21 @@ def test_the_cli_refuses_ha_with_one_controller_before_any_target(lab, monkeypat
     with pytest.raises(Exit) as err:
         run_targets(Context(Config()), ["deploy"], force=False, dry_run=True, verbose=False, quiet=True)
     assert err.value.code == 2 and "HA needs 3 nodes with profile:control, the inventory has 1" in str(err.value)
+
+
+def test_baremetal_nodes_are_introspected_before_the_deploy(lab):
+    """deploy_overcloud.yaml alone, as the target runs it for baremetal (introspect: true)."""
+    lab["with_tripleo"]()
+    work, home = lab["work"], lab["home"]
+    for name in ("deploy_command", "instackenv.json"):
+        (work / name).write_text("openstack overcloud deploy --templates\n" if name == "deploy_command" else "{}\n")
+    undercloud = deploy_module.driver_for(lab["options"](), lab["registry"].address)
+    undercloud.run_playbook(deploy_module.DEPLOY_PLAYBOOK, {
+        "apex_work_dir": str(work), "stack_home": str(home), "stack_user": getpass.getuser(),
+        "local_files": ["deploy_command", "instackenv.json"], "upload_images": [],
+        "baremetal": True, "introspect": True,
+    }, work / "deploy_overcloud.log")
+    calls = _calls(lab)
+    order = [c.split()[2] for c in calls if c.startswith("overcloud node")]
+    assert order == ["import", "introspect"] and "overcloud node introspect --all-manageable --provide" in calls
+    assert (lab["fake"] / "deploy-args").read_text().splitlines() == ["overcloud", "deploy", "--templates"]
