@@ -23,6 +23,7 @@ from apex_tools.core.errors import ApexError
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
+from apex_tools.overcloud.inventory import load_inventory, scale_of
 from apex_tools.targets import FLOW, registry
 
 # Top-level keys of Invoke's own that may sit in the same config file as ours.
@@ -75,6 +76,9 @@ def run_targets(
         run = RunContext(options, force=force, dry_run=dry_run)
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
+        if "deploy" in names:  # the inventory too, and HA's three controllers, before hours of work
+            scale_of(load_inventory(settings_path(options.inventory_file, "inventory")),
+                     run.deploy_settings.global_params.ha_enabled)
     except ApexError as exc:
         raise Exit(f"apex: {exc}", code=2) from None
     # A dry run touches nothing, not even the log file or the lock.

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "deploy_settings": "os-nosdn-nofeature-noha",
     "network_settings": "network_settings",
     "patches_file": "common-patches",
+    # The overcloud nodes (Apex's inventory format): a bundled name (config/inventory/<name>.yaml) or a path.
+    "inventory_file": "virtual",
     "work_dir": "/var/lib/apex-tools",
     "image_dir": "/var/cache/apex-tools/images",
     "upstream": {
@@ -100,6 +102,10 @@ DEFAULTS: dict[str, Any] = {
         # Seconds the target waits for the VM's lease and SSH before failing.
         "wait_timeout": 600.0,
     },
+    # deploy: `timeout` minutes for `openstack overcloud deploy`; `libvirt_type` kvm | qemu
+    # ("" = kvm on baremetal, and for VMs only where this host's /dev/kvm is usable and nested);
+    # `stack_home` is the stack user's home on the undercloud ("" = that user's home there).
+    "deploy": {"timeout": 120, "libvirt_type": "", "stack_home": ""},
     # ceph-loop: the loop device backing the OSDs when the deploy settings name no
     # ceph_device, and ceph-ansible's pool settings. `virtual` (VMs as overcloud nodes)
     # picks the loop file size and adds OSD/MDS container memory limits; baremetal is the
@@ -197,6 +203,12 @@ class UndercloudOptions(_Strict):
         return Path(self.ssh_key).expanduser()
 
 
+class DeployOptions(_Strict):
+    timeout: int = Field(ge=1, le=1440)
+    libvirt_type: Literal["", "kvm", "qemu"]
+    stack_home: str
+
+
 class CephOptions(_Strict):
     virtual: bool
     loop_device: str = Field(pattern=r"^/dev/[A-Za-z0-9._/-]+$")
@@ -217,6 +229,7 @@ class Options(_Strict):
     deploy_settings: str
     network_settings: str
     patches_file: str
+    inventory_file: str
     work_dir: Path
     image_dir: Path
     upstream: UpstreamOptions
@@ -229,6 +242,7 @@ class Options(_Strict):
     fetch: FetchOptions
     patching: PatchingOptions
     undercloud: UndercloudOptions
+    deploy: DeployOptions
     ceph: CephOptions
 
 

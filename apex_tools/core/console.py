@@ -85,7 +85,8 @@ class Output:
         for column in ("target", "status", "time", "what changed"):
             table.add_column(column, overflow="fold")
         for result in results:
-            style = "red" if result.failed else "green" if result.status.value == "changed" else None
+            style = ("red" if result.failed else "green" if result.status.value == "changed"
+                     else "yellow" if result.status.value == "ready" else None)
             # Text cells, not markup: details such as "[/dev/sdb]" must print as they are.
             cells = (result.target, result.status.value, f"{result.seconds:.1f}s", "\n".join(result.changes) or "-")
             table.add_row(*map(Text, cells), style=style)

@@ -227,7 +227,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             continue
         field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
         if field is None:
-            return None
+            continue  # a key of a dict of models (an inventory's node name): the model stays
         current = _inner_model(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 

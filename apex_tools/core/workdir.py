@@ -37,6 +37,21 @@ STORAGE_ENV = "storage-environment.yaml"
 IMAGE_LISTS = ("overcloud_containers.yaml", "sdn_containers.yaml")
 PARAMETER_FILE = "docker-images.yaml"
 
+# deploy → work_dir/ (copied to the stack user's home on the undercloud)
+DEPLOY_COMMAND = "deploy_command"
+INSTACKENV = "instackenv.json"
+NETWORK_ENV = "network-environment.yaml"
+UPSTREAM_ENV = "upstream-environment.yaml"
+VIRTUAL_ENV = "virtual-environment.yaml"
+BAREMETAL_ENV = "baremetal-environment.yaml"
+NETWORK_DATA = "network_data.yaml"
+# deploy → work_dir/, fetched back from the undercloud (the deploy's output; the stack's failures)
+DEPLOY_LOG = "overcloud-deploy.log"
+STACK_FAILURES = "stack-failures.log"
+# The upstream images `openstack overcloud image upload` takes besides the customized qcow2.
+UPLOAD_IMAGES = ("overcloud-full.vmlinuz", "overcloud-full.initrd", "ironic-python-agent.kernel",
+                 "ironic-python-agent.initramfs")
+
 
 def artifact_dir(options: Options, os_version: str) -> Path:
     """The image cache folder of one OpenStack version."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from apex_tools.core.config import Options
 from apex_tools.undercloud.playbook import playbook_path, run_playbook
+from apex_tools.undercloud.shell import run_shell
 from apex_tools.undercloud.ssh import SSHTarget
 
 
@@ -44,3 +46,13 @@ class Undercloud(ABC):
                      timeout: float | None = None) -> str:
         """Run the bundled playbook ``name`` on the undercloud (see ``playbook.run_playbook``)."""
         return run_playbook(playbook_path(name), self.ssh(), extra_vars, log_path, timeout=timeout)
+
+    def run_command(self, command: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on the undercloud (as the driver connects); output captured."""
+        return run_shell(self.ssh(), command, timeout)
+
+    def has_tripleo(self) -> bool:
+        """True when the undercloud has TripleO's client (``openstack overcloud deploy``)."""
+        found = self.run_command("command -v openstack >/dev/null 2>&1 && openstack help overcloud deploy >/dev/null 2>&1",
+                                 timeout=120.0)
+        return found.returncode == 0

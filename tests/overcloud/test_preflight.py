@@ -1,0 +1,114 @@
+"""The pre-flight against a real registry: a missing image, a missing blob, a wrong parameter
+name, an unreadable or broken environment file, a THT environment the release lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from apex_tools.catalog.tht import HeatTemplates
+from apex_tools.core.config import Layer, resolve
+from apex_tools.core.reference import ImageRef
+from apex_tools.overcloud import preflight
+from apex_tools.overcloud.inventory import Scale, load_inventory
+from apex_tools.registry.client import RegistryClient
+from apex_tools.undercloud.local import LocalUndercloud
+
+from conftest import REPO
+from registry_support import layer_blob, push_image
+
+THT = HeatTemplates("master", frozenset({"ContainerNovaApiImage", "ContainerKeystoneImage"}),
+                    frozenset({"environments/docker-ha.yaml"}))
+
+
+@pytest.fixture
+def pushed(registry):
+    client = RegistryClient(registry.address, tls="http")
+    for name in ("nova-api", "keystone"):
+        push_image(client, f"tripleomaster/centos-binary-{name}", "current-tripleo", [layer_blob(name, 200)])
+    return registry, client
+
+
+def _client_for(client: RegistryClient):
+    return lambda ref: (client, client.host)
+
+
+def test_a_missing_image_is_named_with_the_registry_as_the_undercloud_reaches_it(pushed) -> None:
+    registry, client = pushed
+    refs = [ImageRef.parse(f"{registry.address}/tripleomaster/centos-binary-{n}:current-tripleo")
+            for n in ("nova-api", "keystone", "heat-engine")]
+    problems = preflight.check_images(refs, _client_for(client))
+    assert [str(p) for p in problems] == [
+        f"[images] {registry.address}/tripleomaster/centos-binary-heat-engine:current-tripleo: no such manifest in "
+        f"the registry (as the undercloud reaches it: {registry.address}) — re-run push-registry with --force"]
+    with pytest.raises(preflight.PreflightError) as err:
+        preflight.raise_problems(problems)
+    assert err.value.message.startswith("pre-flight: 1 problem (images); the deploy was not started:")
+
+
+def test_a_manifest_whose_blob_is_gone_is_not_pullable(pushed) -> None:
+    registry, client = pushed
+    repo = "tripleomaster/centos-binary-keystone"
+    manifest = client.get_manifest(repo, "current-tripleo")
+    layer = manifest.blobs()[1]["digest"]
+    assert requests.delete(f"{registry.url}/v2/{repo}/blobs/{layer}", timeout=10).status_code == 202
+    problems = preflight.check_images([ImageRef.parse(f"{registry.address}/{repo}:current-tripleo")],
+                                      _client_for(client))
+    assert [p.message for p in problems] == [
+        f"{registry.address}/{repo}:current-tripleo: blob {layer} is missing from {registry.address}"]
+
+
+def test_a_silent_registry_is_a_problem_not_a_crash(tmp_path) -> None:
+    client = RegistryClient("127.0.0.1:9", tls="http")  # discard port: nothing listens
+    refs = [ImageRef.parse(f"127.0.0.1:9/tripleomaster/centos-binary-{n}:x") for n in ("cron", "redis")]
+    problems = preflight.check_images(refs, _client_for(client))
+    assert [p.message for p in problems] == [
+        "registry 127.0.0.1:9 does not answer at /v2/ (as the undercloud reaches it)"]
+
+
+def test_a_wrong_parameter_name_is_caught(tmp_path) -> None:
+    images = tmp_path / "docker-images.yaml"
+    images.write_text(yaml.safe_dump({"parameter_defaults": {
+        "ContainerNovaApiImage": "r:8787/tripleomaster/centos-binary-nova-api:apex",
+        "ContainerNeutronMetadataAgentImage": "r:8787/tripleomaster/centos-binary-neutron-metadata-agent:x",
+        "DockerInsecureRegistryAddress": ["r:8787"],
+    }}))
+    params = preflight.image_parameters(images)
+    assert sorted(params) == ["ContainerNeutronMetadataAgentImage", "ContainerNovaApiImage"]
+    problems = preflight.check_parameters(params, THT, "docker-images.yaml")
+    assert [str(p) for p in problems] == [
+        "[parameters] docker-images.yaml: ContainerNeutronMetadataAgentImage: tripleo-heat-templates master has no "
+        "such parameter (Heat would ignore it and deploy the default upstream image) — fix the parameter's name in "
+        "the catalog (build/) and re-run push-registry"]
+
+
+def test_unreadable_and_broken_environment_files_and_a_missing_tht_environment(tmp_path) -> None:
+    good = tmp_path / "network-environment.yaml"
+    good.write_text("parameter_defaults: {NtpServer: [pool.ntp.org]}\n")
+    unreadable = tmp_path / "upstream-environment.yaml"
+    unreadable.mkdir()  # root reads any file: a folder in its place is what cannot be read
+    broken = tmp_path / "virtual-environment.yaml"
+    broken.write_text("parameter_defaults:\n  NovaWorkers: [1\n")
+    files = {p.name: p for p in (good, unreadable, broken)}
+    problems = preflight.check_environment_files(
+        files, ["environments/docker-ha.yaml", "environments/services/neutron-opendaylight.yaml"], THT)
+    assert [str(p) for p in problems] == [
+        f"[environment files] {unreadable}: cannot read: Is a directory — make upstream-environment.yaml readable "
+        "(or re-run the target that writes it)",
+        f"[environment files] {broken}: line 3, column 1: not valid YAML: expected ',' or ']', but got '<stream end>'"
+        " — fix virtual-environment.yaml or re-run the target that writes it",
+        "[environment files] tripleo-heat-templates master has no environments/services/neutron-opendaylight.yaml"
+        " — change the deploy settings' features, or use a release that has it",
+    ]
+
+
+def test_scale_and_the_undercloud(tmp_path) -> None:
+    inv = load_inventory(REPO / "config" / "inventory" / "virtual.yaml")
+    assert preflight.check_scale(inv, Scale(1, 1)) == []
+    [problem] = preflight.check_scale(inv, Scale(1, 2))
+    assert problem.message == f"{inv.path}: 2 compute nodes wanted, 1 with profile:compute"
+    options = resolve([Layer("test", {"work_dir": str(tmp_path), "undercloud": {"driver": "local"}})]).options
+    assert preflight.check_undercloud(LocalUndercloud(options, "127.0.0.1:8787")) == []
