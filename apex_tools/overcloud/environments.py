@@ -8,10 +8,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-import jinja2
 
 from apex_tools.core.errors import SettingsError
-from apex_tools.core.resources import data_path
+from apex_tools.core.templates import render
 from apex_tools.core.settings import NetworkSettings
 from apex_tools.core.workdir import BAREMETAL_ENV, NETWORK_DATA, NETWORK_ENV, UPSTREAM_ENV, VIRTUAL_ENV
 from apex_tools.overcloud.inventory import Scale
@@ -34,17 +33,9 @@ ISOLATED_NETWORKS = (
 APEX_NETWORKS = ("external", "api", "storage", "tenant")
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_path("build"))),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
 
 def _render(name: str, **values: object) -> str:
-    text = _env().get_template(name + ".j2").render(**values)
+    text = render("build", name + ".j2", **values)
     return text if text.endswith("\n") else text + "\n"
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-import jinja2
 
-from apex_tools.core.resources import data_path
+from apex_tools.core.templates import render
 
 LABEL_PREFIX = "io.opnfv.apex"
 
@@ -30,21 +28,9 @@ class ImagePatch:
         return f"{self.project} {self.change_id}@{self.revision}" if self.change_id else f"{self.project} {self.source}"
 
 
-@lru_cache(maxsize=None)
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_path("dockerfiles"))),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-
-
-def render(template: str, **values: object) -> str:
+def _render(template: str, **values: object) -> str:
     """Render ``dockerfiles/<template>`` with ``values`` (undefined names are errors)."""
-    return _environment().get_template(template).render(**values)
+    return render("dockerfiles", template, trim=True, **values)
 
 
 def render_dockerfile(base: str, user: str, patches: list[ImagePatch], odl_release: str = "") -> str:
@@ -54,9 +40,9 @@ def render_dockerfile(base: str, user: str, patches: list[ImagePatch], odl_relea
     if odl_release:
         labels.append((f"{LABEL_PREFIX}.opendaylight", odl_release))
     template = "opendaylight.Dockerfile.j2" if odl_release else "Dockerfile.j2"
-    return render(template, base=base, user=user or "root", patches=patches, labels=labels)
+    return _render(template, base=base, user=user or "root", patches=patches, labels=labels)
 
 
 def render_odl_repo(release: str, url: str) -> str:
     """The yum repository file of an OpenDaylight release."""
-    return render("opendaylight.repo.j2", release=release, url=url)
+    return _render("opendaylight.repo.j2", release=release, url=url)
