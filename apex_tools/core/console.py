@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,6 +34,43 @@ from apex_tools.core.run import Progress, TargetResult
 LOGGER = "apex_tools"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# Exit codes: 1 a target failed (an expected failure), 2 bad settings or usage, 3 a bug.
+EXIT_FAILED, EXIT_SETTINGS, EXIT_INTERNAL = 1, 2, 3
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for a bug report's single line."""
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+def internal_error(exc: BaseException, log_file: Path | None = None, verbose: bool = False) -> str:
+    """Record an unexpected exception's traceback and return the one line that reports it.
+
+    The traceback goes to ``log_file`` (the run's log) or, when there is none (a dry run, a
+    failure before the run started) or it cannot be written, to a new file in the temp folder;
+    with ``verbose`` it is also printed to stderr.
+    """
+    text = "".join(traceback.format_exception(exc))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    entry = f"{stamp} ERROR {LOGGER}: internal error: {one_line(exc)}\n{text}"
+    where: Path | None = None
+    if log_file is not None:
+        try:
+            with open(log_file, "a", encoding="utf-8") as log:
+                log.write(entry)
+            where = log_file
+        except OSError:
+            pass
+    if where is None:
+        with tempfile.NamedTemporaryFile("w", prefix="apex-internal-error-", suffix=".log",
+                                         delete=False, encoding="utf-8") as crash:
+            crash.write(entry)
+        where = Path(crash.name)
+    if verbose:
+        sys.stderr.write(text)
+    return f"apex: internal error (a bug in apex-tools, please report it): {one_line(exc)}; traceback in {where}"
+
 
 class Output:
     """Where a task's words go: stderr for logs and progress, stdout for the summary."""
@@ -46,6 +85,8 @@ class Output:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
+        self.verbose = verbose
+        self.log_file = log_file
         level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
         if self.interactive:
             screen: logging.Handler = RichHandler(console=self.err, show_path=False, markup=False)

@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from apex_tools.catalog.images import load_catalog
 from apex_tools.core.config import settings_path
 from apex_tools.core.settings import load_deploy_settings
 from apex_tools.registry.client import RegistryClient
-from apex_tools.registry.server import stop_local_registry
+from apex_tools.registry.server import CONTAINER_LABEL, stop_local_registry
 
 from conftest import free_port, run_registry
 from fake_gerrit import FakeChange, git_patch, run_fake_gerrit
@@ -130,6 +130,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, base_qcow2: Path, docker
                    "upstream": upstream.address}
         finally:
             stop_local_registry(work)
+            assert not docker_client.containers.list(filters={"label": CONTAINER_LABEL}), "registry left running"
             forget_images(docker_client, (local, upstream.address))
 
 
@@ -144,10 +145,12 @@ def apex_in_image(ws: dict[str, Any], target: str) -> dict[str, Any]:
     return row
 
 
-def twice(ws: dict[str, Any], target: str) -> dict[str, Any]:
+def twice(ws: dict[str, Any], target: str, between: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``target`` in two containers: changed, then up to date. Returns the first row."""
     first = apex_in_image(ws, target)
     assert first["status"] == "changed", first
+    if between is not None:
+        between(first)
     second = apex_in_image(ws, target)
     assert (second["status"], second["changes"]) == ("up to date", ["up to date"]), second
     return first
@@ -183,9 +186,15 @@ def test_ceph_loop_customizes_the_image_with_libguestfs_inside_the_image(workspa
 
 def test_push_registry_starts_the_registry_mirrors_and_rebuilds_inside_the_image(
         workspace: dict[str, Any], docker_client: Any) -> None:
-    first = twice(workspace, "push-registry")
     local = workspace["local"]
-    assert any(c.startswith(f"started the local registry on {local}") for c in first["changes"]), first
+
+    def outlived_its_container(first: dict[str, Any]) -> None:
+        assert any(c.startswith(f"started the local registry on {local}") for c in first["changes"]), first
+        assert RegistryClient(local, tls="http").ping(), "the registry must outlive the run's container"
+        (beside,) = docker_client.containers.list(filters={"label": CONTAINER_LABEL})
+        assert beside.image.id == docker_client.images.get(workspace["image"]).id
+
+    first = twice(workspace, "push-registry", between=outlived_its_container)
     rebuilt = [i["name"] for i in first["items"] if i["status"] == "rebuilt"]
     assert rebuilt == [KEYSTONE]
     params = yaml.safe_load((workspace["work"] / "docker-images.yaml").read_text())["parameter_defaults"]
