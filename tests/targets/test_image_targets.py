@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, base_qcow2: Path, docker
                    "upstream": upstream.address}
         finally:
             stop_local_registry(work)
+            # The engine notices the registry's exit a moment after its process is gone.
+            deadline = time.monotonic() + 20
+            while docker_client.containers.list(filters={"label": CONTAINER_LABEL}) and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert not docker_client.containers.list(filters={"label": CONTAINER_LABEL}), "registry left running"
             forget_images(docker_client, (local, upstream.address))
 
