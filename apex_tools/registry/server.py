@@ -101,7 +101,7 @@ def plan_local_registry(address: str, client: RegistryClient, start: bool) -> st
         return None
     host, _ = split_address(address)
     if start and is_local_address(host):
-        return f"start the local registry on {address} ({BINARY}, storage under the work dir)"
+        return f"start the local registry on {address} ({BINARY})"
     return f"registry {address} must answer (it is not this machine's to start)"
 
 

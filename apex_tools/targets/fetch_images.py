@@ -128,8 +128,8 @@ def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, 
     if unreachable is not None:
         host = urllib.parse.urlsplit(wanted[0][1]).netloc
         names = [artifact.name for artifact, _, _ in wanted]
-        plan = [f"upstream {host} unreachable: {unreachable}",
-                f"a real run would fetch {', '.join(names)} from it"]
+        plan = [f"image server {'' if host in unreachable else host + ' '}unreachable: {unreachable}",
+                f"a real run would download {', '.join(names)}"]
         items = [Item(name, "planned", f"fetch from {url}") for name, (_, url, _) in zip(names, wanted)]
         return TargetResult(TARGET, Status.PLANNED, plan, items)
     for artifact, url, dest in wanted:

@@ -405,7 +405,7 @@ def make_plan(run: RunContext, gerrit: GerritClient, lookups: CachedLookups) -> 
         projects = sorted({r.project.removeprefix("openstack/") for r in waiting})
         planner.unresolved[:0] = [
             f"Gerrit unreachable: {unreachable.reason}",
-            f"a real run would fetch {len(waiting)} change(s) ({', '.join(projects)}) from {unreachable.url}",
+            f"a real run would fetch {len(waiting)} change(s): {', '.join(projects)}",
         ]
     try:
         planner.render()

@@ -161,12 +161,15 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
 def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
     """The actions a run would take, one line each with its reason."""
     plan = [check.registry_action] if check.registry_action else []
-    plan += [f"upstream registry {host} unreachable: {why}; a real run stops here" for host, why in check.silent.items()]
+    plan += [f"upstream registry {'' if host in why else host + ' '}unreachable: {why}"
+             for host, why in check.silent.items()]
+    if check.silent:
+        plan.append("a real run stops here: it needs the upstream registry")
     if check.to_copy:
         plan.append(f"mirror {len(check.to_copy)} of {len(check.images)} images to {local} "
                     "(not there, or upstream moved)")
     plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in check.actions if a.action != CURRENT]
-    plan.append(f"write {', '.join(p.name for p in outputs)} in {outputs[0].parent}")
+    plan.append(f"write {', '.join(p.name for p in outputs)}")
     return plan
 
 

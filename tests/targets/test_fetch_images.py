@@ -227,8 +227,8 @@ def test_dry_run_with_the_upstream_unreachable_says_so_once_and_what_a_run_would
     planned = fetch_images(run_for(tmp_path, url, dry_run=True))
     assert planned.status is Status.PLANNED
     host = url.split("/")[2]
-    assert planned.changes == [f"upstream {host} unreachable: Connection refused",
-                               f"a real run would fetch {OC}, {IPA} from it"]
+    assert planned.changes == [f"image server {host} unreachable: Connection refused",
+                               f"a real run would download {OC}, {IPA}"]
     assert [i.status for i in planned.items] == ["planned", "planned"]
     assert not (tmp_path / "images").exists() and not (tmp_path / "work").exists()
 
