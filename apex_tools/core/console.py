@@ -131,15 +131,15 @@ class Output:
             return
         targets = [r.target for r in results] + ([f"  {i.name}" for r in results for i in r.items] if self.verbose else [])
         times = [f"{r.seconds:.1f}s" for r in results]
-        # The reason column gets what the others leave (6: the edges and the gaps between columns).
+        # The reason column gets what the others leave (8: the edges, the gaps and the padding).
         widths = [max(map(len, ["target", *targets])), max(len(r.status.value) for r in results), max(map(len, times))]
-        room = max(24, self.out.width - 6 - sum(widths))
+        room = max(24, self.out.width - 8 - sum(widths))
         table = Table(title="apex-tools run", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                       collapse_padding=True)
         table.add_column("target", no_wrap=True)
         table.add_column("status", no_wrap=True)
         table.add_column("time", justify="right", no_wrap=True)
-        table.add_column("what changed", overflow="fold", max_width=None if self.verbose else room)
+        table.add_column("what changed", overflow="fold", width=None if self.verbose else room)
         for result, took in zip(results, times):
             style = "red" if result.failed else "green" if result.status.value == "changed" else None
             lines = list(result.changes)
