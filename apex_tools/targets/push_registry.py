@@ -226,9 +226,9 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     refs = parameter_refs(check.images, rebuilt)
     _check_present(refs, clients)
     files = {**image_lists(check.images), PARAMETER_FILE: parameter_file(refs, check.insecure)}
-    for path in outputs:
-        if write_if_changed(path, files[path.name]):
-            changes.append(f"wrote {path}")
+    written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
+    if written:
+        changes.append(f"wrote {', '.join(written)}")
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": local.host,
         "images": {str(h.image.target): h.upstream for h in check.heads},
@@ -250,7 +250,10 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
             nonlocal done
             with lock:
                 done += 1
-                log.info("[%d/%d] %s: %s %s", done, total, result.job.target, result.status, result.detail)
+                # One line per image on the screen only with --verbose (the summary counts them),
+                # failures always; the log file has every one.
+                level = logging.WARNING if result.status == FAILED else logging.DEBUG
+                log.log(level, "[%d/%d] %s: %s %s", done, total, result.job.target, result.status, result.detail)
 
         def on_bytes(amount: int) -> None:
             with lock:
