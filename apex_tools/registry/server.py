@@ -133,6 +133,9 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
     if own is not None:
         proc: subprocess.Popen[bytes] | _Beside = _Beside(own, binary, where, address)
     else:
+        if os.environ.get(IN_IMAGE_ENV) == "1":
+            log.warning("in the tool's image, but not in a Docker container apex can name: the local registry "
+                        "stops with this container")
         with open(where["log"], "ab") as logfile:
             proc = subprocess.Popen(
                 [binary, "serve", str(where["config"])], stdin=subprocess.DEVNULL, stdout=logfile,
@@ -222,6 +225,10 @@ def _stop_beside(work_dir: Path) -> bool:
     config = str(paths(work_dir)["config"])
     try:
         client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException:
+        return False  # no engine here: nothing can have been started beside this container
+    try:
         found = client.containers.list(filters={"label": f"{CONTAINER_LABEL}={config}"})
         for container in found:
             container.stop(timeout=10)
