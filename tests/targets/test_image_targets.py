@@ -34,7 +34,7 @@ from fake_gerrit import FakeChange, git_patch, run_fake_gerrit
 from http_upstream import run_nginx
 from image_support import DOCKER_SOCKET, docker_run
 from registry_support import forget_images, layer_blob, push_image
-from test_ceph_loop import PUPPET_FILE, PUPPET_TEXT, base_qcow2, read_back  # noqa: F401 - fixture
+from test_ceph_loop import PUPPET_TEXT, base_qcow2, read_back  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
