@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import Any
 
 from invoke import Config, Program
 
 from apex_tools import __version__
 from apex_tools.core.config import DEFAULTS
+from apex_tools.core.console import EXIT_INTERNAL, internal_error
 from apex_tools.tasks import ns
 
 
@@ -32,6 +34,17 @@ class ApexProgram(Program):
         self.config.set_project_location(os.getcwd())
         self.config.load_project()
         self.collection = ns
+
+    def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
+        """Invoke's run; an exception nothing expected is one line and exit code 3, not a traceback."""
+        try:
+            super().run(argv, exit)
+        except Exception as exc:  # noqa: BLE001 - the program edge: whatever escaped is a bug
+            words = argv.split() if isinstance(argv, str) else argv if argv is not None else sys.argv
+            print(internal_error(exc, verbose="--verbose" in words), file=sys.stderr)
+            if not exit:
+                raise
+            sys.exit(EXIT_INTERNAL)
 
     def update_config(self, merge: bool = True) -> None:
         # Invoke only reads INVOKE_RUNTIME_CONFIG; honour our prefix as well.

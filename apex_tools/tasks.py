@@ -18,7 +18,7 @@ from invoke.exceptions import Exit
 
 from apex_tools.catalog.images import ceph_defaults_shown
 from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name, settings_path
-from apex_tools.core.console import Output
+from apex_tools.core.console import EXIT_FAILED, EXIT_INTERNAL, EXIT_SETTINGS, Output, internal_error, one_line
 from apex_tools.core.errors import ApexError
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.settings import load_deploy_settings
@@ -80,13 +80,14 @@ def run_targets(
             scale_of(load_inventory(settings_path(options.inventory_file, "inventory")),
                      run.deploy_settings.global_params.ha_enabled)
     except ApexError as exc:
-        raise Exit(f"apex: {exc}", code=2) from None
+        raise Exit(f"apex: {exc}", code=EXIT_SETTINGS) from None
     # A dry run touches nothing, not even the log file or the lock.
     out = Output(verbose, quiet, None if dry_run else options.work_dir / "apex.log")
     run.progress = out.progress
     targets = registry()
     results: list[TargetResult] = []
     error: ApexError | None = None
+    bug: Exception | None = None
     lock = contextlib.nullcontext() if dry_run else work_dir_lock(options.work_dir, options.lock_timeout)
     try:
         with lock:
@@ -96,6 +97,8 @@ def run_targets(
                     result = targets[name](run)
                 except ApexError as exc:
                     result, error = TargetResult(name, Status.FAILED, [exc.message.splitlines()[0]]), exc
+                except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in the log
+                    result, bug = TargetResult(name, Status.FAILED, [f"internal error: {one_line(exc)}"]), exc
                 result.seconds = time.monotonic() - started
                 results.append(result)
                 out.log.info("%s: %s", name, result.status.value)
@@ -105,11 +108,13 @@ def run_targets(
         error = exc
     if results:
         out.summary(results, as_json=json)
+    if bug is not None:
+        raise Exit(internal_error(bug, out.log_file, verbose), code=EXIT_INTERNAL)
     if error is not None:
         out.log.debug("failure detail", exc_info=error)
-        raise Exit(f"apex: {error}", code=1)
+        raise Exit(f"apex: {error}", code=EXIT_FAILED)
     if any(r.failed for r in results):
-        raise Exit("apex: a target failed (see the summary above)", code=1)
+        raise Exit("apex: a target failed (see the summary above)", code=EXIT_FAILED)
     return results
 
 
@@ -190,10 +195,10 @@ def show_config(c: Context, key: str = "") -> None:
     try:
         effective = options_from(c.config, os.environ)
     except ApexError as exc:
-        raise Exit(f"apex: {exc}", code=2) from None
+        raise Exit(f"apex: {exc}", code=EXIT_SETTINGS) from None
     keys = [key] if key else list(KNOWN_KEYS)
     if key and key not in KNOWN_KEYS:
-        raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=2)
+        raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=EXIT_SETTINGS)
     width = max(len(k) for k in keys)
     derived = _release_defaults(effective)
     for name in keys:

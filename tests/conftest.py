@@ -244,3 +244,27 @@ def check_golden(name: str, text: str) -> None:
     if os.environ.get("APEX_UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert path.read_text() == text, f"{name} differs from its golden file (APEX_UPDATE_GOLDEN=1 to accept)"
+
+
+# --- the tool's image (helpers in tests/image_support.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout's wheel and all its dependencies' wheels, as README.md makes them."""
+    from image_support import build_wheelhouse
+
+    return build_wheelhouse(tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture(scope="session")
+def tool_image(docker_client: Any, debian_image: Callable[..., str], wheelhouse: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``apex-tools:test`` built once a session from Containerfile on a local bookworm base."""
+    import apex_tools
+    from image_support import build_tool_image
+
+    need(shutil.which("docker") is not None, "the docker CLI (Debian package docker.io)")
+    # python3-venv in the base lets the builder stage skip apt altogether.
+    base = debian_image("python3", "python3-venv")
+    return build_tool_image(base, wheelhouse, tmp_path_factory.mktemp("image-context"), apex_tools.__version__)

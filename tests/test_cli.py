@@ -116,7 +116,7 @@ def test_summary_prints_brackets_literally(capsys):
     from apex_tools.core.console import Output
     from apex_tools.core.run import Item, TargetResult
 
-    Output(quiet=True).summary([TargetResult("ceph-loop", Status.CHANGED, ["devices [/dev/sdb]"],
+    Output(quiet=True, verbose=True).summary([TargetResult("ceph-loop", Status.CHANGED, ["devices [/dev/sdb]"],
                                              [Item("[bold]x", "ok", "[/red]")])])
     out = capsys.readouterr().out
     assert "devices [/dev/sdb]" in out and "[bold]x" in out and "[/red]" in out

@@ -126,7 +126,13 @@ def why(exc: BaseException) -> str:
         return "connection timed out"
     if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return "read timed out"
-    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+    text = str(exc)
+    if re.search(r"Failed to resolve|Name or service not known|Temporary failure in name resolution|"
+                 r"No address associated with hostname|getaddrinfo failed", text):
+        host = re.search(r"Failed to resolve '([^']+)'|host='([^']+)'", text)
+        name = next((g for g in host.groups() if g), "") if host else ""
+        return f"name resolution failed for {name}" if name else "name resolution failed"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if found:
         return found.group(1).strip()
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
@@ -204,6 +210,16 @@ class Downloader:
         self.sleep = sleep
 
     # ---- check and plan -------------------------------------------------------------------
+
+    def unreachable(self, url: str) -> str | None:
+        """Why ``url``'s server does not answer at all (one HEAD), or None when it answers anything."""
+        if local_source(url) is not None:
+            return None
+        try:
+            self.session.head(url, allow_redirects=False, timeout=self._timeout()).close()
+        except NETWORK_ERRORS as exc:
+            return why(exc)
+        return None
 
     def plan(self, url: str, dest: Path, *, offline: bool = False, force: bool = False) -> str | None:
         """Why ``dest`` would be fetched, or None when it is current (a conditional HEAD at most)."""

@@ -21,6 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from apex_tools.core.errors import GerritError
+from apex_tools.http.download import why
 from apex_tools.http.retry import CappedRetry
 from apex_tools.core.state import atomic_write
 
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 # Gerrit prefixes every JSON answer with this line to defeat cross-site script inclusion.
 XSSI_PREFIX = ")]}'"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class GerritUnreachable(GerritError):
+    """Gerrit itself could not be reached (no answer at all); ``reason`` says why in a few words."""
+
+    def __init__(self, message: str, hint: str, url: str, reason: str) -> None:
+        super().__init__(message, hint)
+        self.url, self.reason = url, reason
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,13 @@ class GerritClient:
         url = f"{self.url}/{path}"
         try:
             response = self.session.get(url, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            log.debug("Gerrit request %s failed: %s", url, exc)
+            raise GerritUnreachable(
+                f"{what}: cannot reach Gerrit at {self.url}: {why(exc)}",
+                "check gerrit.url and the network, or set no_fetch to use the cached patches",
+                self.url, why(exc),
+            ) from None
         except requests.RequestException as exc:
             raise GerritError(
                 f"{what}: cannot reach Gerrit at {self.url}: {exc.__class__.__name__}: {exc}",

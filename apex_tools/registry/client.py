@@ -23,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from apex_tools.core.errors import RegistryError
+from apex_tools.http.download import why
 from apex_tools.http.retry import MAX_WAIT, retry_after
 from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token
 
@@ -300,12 +301,16 @@ class RegistryClient:
 
     def ping(self) -> bool:
         """True when ``/v2/`` answers as a v2 registry (200, or 401 asking for credentials)."""
+        return self.silence() is None
+
+    def silence(self) -> str | None:
+        """Why ``/v2/`` does not answer as a v2 registry, in a few words; None when it does."""
         try:
             response = self.session.get(self.base + "/v2/", verify=self.verify, timeout=5)
-        except requests.RequestException:
-            return False
+        except requests.RequestException as exc:
+            return why(exc)
         with response:
-            return response.status_code in (200, 401)
+            return None if response.status_code in (200, 401) else f"/v2/ answered HTTP {response.status_code}"
 
     @staticmethod
     def _scope(repository: str, push: bool = False) -> str:

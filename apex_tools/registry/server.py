@@ -4,6 +4,10 @@ The registry must outlive the target (later targets and the overcloud pull from 
 runs detached, in its own session, with its pid in ``<work_dir>/registry/registry.pid``.
 ``stop_local_registry(work_dir)`` stops the one we started (checking the pid is still that
 program), and a registry already answering is never touched.
+
+Inside the tool's image (``APEX_TOOL_IMAGE=1``, set by the Containerfile) a detached process
+would still die with the container, so the registry runs in a container of the same image
+beside it, through the host's engine (the docker socket), with its host pid in the pidfile.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -31,6 +37,10 @@ log = logging.getLogger(__name__)
 
 BINARY = "docker-registry"
 START_TIMEOUT = 30.0
+# Set by the Containerfile: apex runs in its own image, whose container ends with the run.
+IN_IMAGE_ENV = "APEX_TOOL_IMAGE"
+# Marks a registry container with the config it serves (one per work dir).
+CONTAINER_LABEL = "org.opnfv.apex.registry-config"
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def plan_local_registry(address: str, client: RegistryClient, start: bool) -> st
         return None
     host, _ = split_address(address)
     if start and is_local_address(host):
-        return f"start the local registry on {address} ({BINARY}, storage under the work dir)"
+        return f"start the local registry on {address} ({BINARY})"
     return f"registry {address} must answer (it is not this machine's to start)"
 
 
@@ -119,11 +129,18 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
     where = paths(work_dir)
     where["storage"].mkdir(parents=True, exist_ok=True)
     write_if_changed(where["config"], render_config(address, where["storage"]))
-    with open(where["log"], "ab") as logfile:
-        proc = subprocess.Popen(
-            [binary, "serve", str(where["config"])], stdin=subprocess.DEVNULL, stdout=logfile,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-        )
+    own = own_container()
+    if own is not None:
+        proc: subprocess.Popen[bytes] | _Beside = _Beside(own, binary, where, address)
+    else:
+        if os.environ.get(IN_IMAGE_ENV) == "1":
+            log.warning("in the tool's image, but not in a Docker container apex can name: the local registry "
+                        "stops with this container")
+        with open(where["log"], "ab") as logfile:
+            proc = subprocess.Popen(
+                [binary, "serve", str(where["config"])], stdin=subprocess.DEVNULL, stdout=logfile,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
     write_if_changed(where["pid"], f"{proc.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while not client.ping():
@@ -141,6 +158,84 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
         time.sleep(0.1)
     log.info("started the local registry on %s (pid %d, storage %s)", address, proc.pid, where["storage"])
     return LocalRegistry(address, started=True, pid=proc.pid)
+
+
+def own_container() -> str | None:
+    """This container's id when apex runs in the tool's image (read from the engine's bind mounts)."""
+    if os.environ.get(IN_IMAGE_ENV) != "1":
+        return None
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf) ", mounts)
+    return found.group(1) if found else None
+
+
+class _Beside:
+    """The registry in a container of this one's image, so it outlives the run (Popen's few calls)."""
+
+    def __init__(self, own: str, binary: str, where: dict[str, Path], address: str) -> None:
+        import docker
+
+        self._missing = docker.errors.NotFound
+        try:
+            self.client = docker.from_env()
+            image = self.client.containers.get(own).attrs["Image"]
+            root = str(where["root"])
+            where["log"].touch()
+            self.container = self.client.containers.run(
+                image, ["-c", 'exec "$0" serve "$1" >>"$2" 2>&1', binary, str(where["config"]), str(where["log"])],
+                entrypoint=["sh"], detach=True, auto_remove=True, network_mode="host",
+                name=f"apex-registry-{split_address(address)[1]}", labels={CONTAINER_LABEL: str(where["config"])},
+                volumes={root: {"bind": root, "mode": "rw"}},
+            )
+            self.container.reload()
+        except docker.errors.DockerException as exc:
+            raise RegistryError(
+                f"cannot start the local registry on {address} beside this container: {exc}",
+                "mount the docker socket (-v /var/run/docker.sock:/var/run/docker.sock), or start the registry "
+                "yourself and set registry.address to it",
+            ) from None
+        self.pid: int = self.container.attrs["State"]["Pid"]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        try:
+            self.container.reload()
+            state: dict[str, Any] = self.container.attrs["State"]
+        except self._missing:
+            state = {"Status": "exited", "ExitCode": -1}
+        if state["Status"] in ("exited", "dead"):
+            self.returncode = state["ExitCode"]
+        return self.returncode
+
+    def terminate(self) -> None:
+        with contextlib.suppress(Exception):
+            self.container.stop(timeout=10)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.poll()
+
+
+def _stop_beside(work_dir: Path) -> bool:
+    """Stop the registry container of this work dir from inside the tool's image; True when one ran."""
+    import docker
+
+    config = str(paths(work_dir)["config"])
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException:
+        return False  # no engine here: nothing can have been started beside this container
+    try:
+        found = client.containers.list(filters={"label": f"{CONTAINER_LABEL}={config}"})
+        for container in found:
+            container.stop(timeout=10)
+    except docker.errors.DockerException as exc:
+        raise RegistryError(f"cannot stop the local registry container of {work_dir}: {exc}",
+                            "mount the docker socket, or stop it on the host (docker ps)") from None
+    return bool(found)
 
 
 def _running_pid(work_dir: Path) -> int | None:
@@ -162,9 +257,11 @@ def stop_local_registry(work_dir: Path, timeout: float = 10.0) -> bool:
     pid = _running_pid(work_dir)
     pidfile = paths(work_dir)["pid"]
     if pid is None:
+        # From inside the tool's image the registry's pid is the host's: not visible here.
+        stopped = own_container() is not None and _stop_beside(work_dir)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
-        return False
+        return stopped
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:

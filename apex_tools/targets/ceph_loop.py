@@ -219,7 +219,7 @@ def ceph_loop(run: RunContext) -> TargetResult:
     source = source_image(run)
     if not source.is_file():
         if run.dry_run:
-            return TargetResult(TARGET, Status.PLANNED, [f"customize {IMAGE_NAME} once fetch-images has fetched {source}"])
+            return TargetResult(TARGET, Status.PLANNED, [f"customize {IMAGE_NAME} once fetch-images has fetched it"])
         raise ImageError(
             f"source image {source} is missing",
             "run fetch-images first (or point image_dir at the folder holding <os_version>/overcloud-full.qcow2)",

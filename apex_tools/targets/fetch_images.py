@@ -14,6 +14,7 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,15 @@ def _pinned(options: Options, artifact: Artifact) -> dict[str, str]:
 def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, str, Path]]) -> TargetResult:
     """What a real run would do, one line per action, touching nothing (a conditional HEAD at most)."""
     plan, items = [], []
+    # One question to the upstream first: unreachable, it is said once, not once per artifact.
+    unreachable = None if run.options.no_fetch else downloader.unreachable(wanted[0][1])
+    if unreachable is not None:
+        host = urllib.parse.urlsplit(wanted[0][1]).netloc
+        names = [artifact.name for artifact, _, _ in wanted]
+        plan = [f"image server {'' if host in unreachable else host + ' '}unreachable: {unreachable}",
+                f"a real run would download {', '.join(names)}"]
+        items = [Item(name, "planned", f"fetch from {url}") for name, (_, url, _) in zip(names, wanted)]
+        return TargetResult(TARGET, Status.PLANNED, plan, items)
     for artifact, url, dest in wanted:
         reason = downloader.plan(url, dest, offline=run.options.no_fetch, force=run.force)
         if reason is None and artifact.is_tarball:

@@ -42,7 +42,7 @@ from apex_tools.catalog.images import Catalog, load_catalog
 from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile, render_odl_repo
 from apex_tools.http.download import join_url
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
-from apex_tools.patching.gerrit import GerritClient
+from apex_tools.patching.gerrit import GerritClient, GerritUnreachable
 from apex_tools.registry.image_config import ImageInfo, Inspector, inspect_image
 from apex_tools.patching.patches import Location, PatchPart, load_projects, sort_patch
 from apex_tools.core.reference import ImageRef
@@ -383,13 +383,30 @@ def make_plan(run: RunContext, gerrit: GerritClient, lookups: CachedLookups) -> 
     """Resolve every requested patch, sort it, and render the outputs in memory."""
     planner = Planner(run, gerrit, lookups)
     records = []
+    # A dry run asks an unreachable Gerrit once, then says what a real run would fetch from it.
+    unreachable: GerritUnreachable | None = None
+    waiting: list[Request] = []
     for req in requested(run):
+        if unreachable is not None and not req.path:
+            waiting.append(req)
+            continue
         try:
             records.append(planner.add(req))
+        except GerritUnreachable as exc:
+            if not run.dry_run:
+                raise
+            unreachable = exc
+            waiting.append(req)
         except (GerritError, RegistryError) as exc:
             if not run.dry_run:
                 raise
             planner.unresolved.append(f"{req.title}: cannot plan it: {exc.message}")
+    if unreachable is not None:
+        projects = sorted({r.project.removeprefix("openstack/") for r in waiting})
+        planner.unresolved[:0] = [
+            f"Gerrit unreachable: {unreachable.reason}",
+            f"a real run would fetch {len(waiting)} change(s): {', '.join(projects)}",
+        ]
     try:
         planner.render()
     except RegistryError as exc:

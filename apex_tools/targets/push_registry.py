@@ -59,7 +59,7 @@ class _Head:
 
 
 def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int,
-           silent: set[str]) -> list[_Head]:
+           silent: dict[str, str]) -> list[_Head]:
     """Upstream and local manifest digests of every image (one HEAD each side, in parallel).
 
     Images of a ``silent`` upstream are not asked (each would wait through every retry).
@@ -101,7 +101,7 @@ class _Check:
     rebuilds: list[Rebuild]
     actions: list[RebuildAction]
     registry_action: str | None
-    silent: set[str]
+    silent: dict[str, str]  # upstream host -> why it does not answer
     insecure: str | None
     fp: str
 
@@ -139,9 +139,10 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
     local = clients(naming.local_registry)
     images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
     registry_action = plan_local_registry(local.host, local, options.registry.start)
-    silent = {host for host in sorted({i.source.registry for i in images}) if not clients(host).ping()}
+    asked = {host: clients(host).silence() for host in sorted({i.source.registry for i in images})}
+    silent = {host: reason for host, reason in asked.items() if reason is not None}
     if silent and not run.dry_run:
-        raise RegistryError(f"upstream registry {', '.join(sorted(silent))} does not answer at /v2/",
+        raise RegistryError("upstream registry " + ", ".join(f"{h} does not answer at /v2/ ({r})" for h, r in silent.items()),
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
     heads = _heads(images, clients, registry_action is None, options.jobs, silent)
     record = run.state.load(PATCH_CONTAINERS)
@@ -160,12 +161,15 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
 def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
     """The actions a run would take, one line each with its reason."""
     plan = [check.registry_action] if check.registry_action else []
-    plan += [f"upstream registry {host} does not answer: a real run stops here" for host in sorted(check.silent)]
+    plan += [f"upstream registry {'' if host in why else host + ' '}unreachable: {why}"
+             for host, why in check.silent.items()]
+    if check.silent:
+        plan.append("a real run stops here: it needs the upstream registry")
     if check.to_copy:
         plan.append(f"mirror {len(check.to_copy)} of {len(check.images)} images to {local} "
                     "(not there, or upstream moved)")
     plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in check.actions if a.action != CURRENT]
-    plan.append(f"write {', '.join(p.name for p in outputs)} in {outputs[0].parent}")
+    plan.append(f"write {', '.join(p.name for p in outputs)}")
     return plan
 
 
@@ -222,9 +226,9 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     refs = parameter_refs(check.images, rebuilt)
     _check_present(refs, clients)
     files = {**image_lists(check.images), PARAMETER_FILE: parameter_file(refs, check.insecure)}
-    for path in outputs:
-        if write_if_changed(path, files[path.name]):
-            changes.append(f"wrote {path}")
+    written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
+    if written:
+        changes.append(f"wrote {', '.join(written)}")
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": local.host,
         "images": {str(h.image.target): h.upstream for h in check.heads},
@@ -246,7 +250,10 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
             nonlocal done
             with lock:
                 done += 1
-                log.info("[%d/%d] %s: %s %s", done, total, result.job.target, result.status, result.detail)
+                # One line per image on the screen only with --verbose (the summary counts them),
+                # failures always; the log file has every one.
+                level = logging.WARNING if result.status == FAILED else logging.DEBUG
+                log.log(level, "[%d/%d] %s: %s %s", done, total, result.job.target, result.status, result.detail)
 
         def on_bytes(amount: int) -> None:
             with lock:

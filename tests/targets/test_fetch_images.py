@@ -220,6 +220,19 @@ def test_a_deleted_unpacked_file_is_unpacked_again_without_downloading(tmp_path,
     assert {r["status"] for r in nginx.requests()} == {304}
 
 
+def test_dry_run_with_the_upstream_unreachable_says_so_once_and_what_a_run_would_do(tmp_path):
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/{{os_version}}/"  # nothing listens there
+    planned = fetch_images(run_for(tmp_path, url, dry_run=True))
+    assert planned.status is Status.PLANNED
+    host = url.split("/")[2]
+    assert planned.changes == [f"image server {host} unreachable: Connection refused",
+                               f"a real run would download {OC}, {IPA}"]
+    assert [i.status for i in planned.items] == ["planned", "planned"]
+    assert not (tmp_path / "images").exists() and not (tmp_path / "work").exists()
+
+
 def test_dry_run_plans_and_touches_nothing_then_says_up_to_date(tmp_path, nginx, www):
     publish(www / OS)
     planned = fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/", dry_run=True))
@@ -227,12 +240,13 @@ def test_dry_run_plans_and_touches_nothing_then_says_up_to_date(tmp_path, nginx,
     assert planned.changes == [f"{OC}: download from {nginx.url}/{OS}/{OC} (not cached)",
                                f"{IPA}: download from {nginx.url}/{OS}/{IPA} (not cached)"]
     assert not (tmp_path / "images").exists() and not (tmp_path / "work").exists()
-    assert nginx.requests() == []
+    # One plain HEAD: is the upstream there at all (a dry run says so once when it is not)?
+    assert [(r["method"], r["path"]) for r in nginx.requests()] == [("HEAD", f"/{OS}/{OC}")]
     fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/"))
     nginx.clear_log()
     again = fetch_images(run_for(tmp_path, nginx.url + "/{os_version}/", dry_run=True))
     assert again.status is Status.UP_TO_DATE
-    assert [(r["method"], r["status"]) for r in nginx.requests()] == [("HEAD", 304), ("HEAD", 304)]
+    assert [(r["method"], r["status"]) for r in nginx.requests()] == [("HEAD", 200), ("HEAD", 304), ("HEAD", 304)]
     moved = fetch_images(run_for(tmp_path, nginx.url + "/slow/{os_version}/", dry_run=True))
     assert moved.changes[0] == (f"{OC}: download from {nginx.url}/slow/{OS}/{OC} "
                                 f"(cached from {nginx.url}/{OS}/{OC})")

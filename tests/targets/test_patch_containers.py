@@ -239,6 +239,26 @@ def test_dry_run_offline_without_cache_lists_what_it_cannot_plan(tmp_path, gerri
     assert any("cannot plan it" in c and NOVA in c for c in result.changes)
 
 
+def test_dry_run_with_gerrit_unreachable_asks_once_and_says_what_a_run_would_fetch(tmp_path, gerrit, upstream):
+    from conftest import free_port
+
+    silent = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    run = make_run(tmp_path, silent, upstream.address,
+                   overcloud=[("openstack/nova", NOVA), ("openstack/puppet-tripleo", PUPPET)],
+                   undercloud=[("openstack/tripleo-common", UNDER)])
+    run.dry_run = True
+    result = patch_containers(run)
+    assert result.status is Status.PLANNED
+    assert result.changes[:2] == [
+        "Gerrit unreachable: Connection refused",
+        "a real run would fetch 3 change(s): nova, puppet-tripleo, tripleo-common"]
+    assert not any("cannot plan it" in c for c in result.changes), result.changes
+    assert not (tmp_path / "work").exists()
+    run.dry_run = False
+    with pytest.raises(GerritError, match=f"cannot reach Gerrit at {silent}: Connection refused"):
+        patch_containers(run)
+
+
 def test_unknown_change_fails_naming_change_project_and_branch(tmp_path, gerrit, upstream):
     missing = "I" + "e" * 40
     run = make_run(tmp_path, gerrit.url, upstream.address, overcloud=[("openstack/nova", missing)])

@@ -187,8 +187,9 @@ def test_silent_upstream_is_planned_in_a_dry_run_and_stops_a_real_run(tmp_path):
             "upstream": {"registry": upstream, "insecure": True, "ceph_registry": upstream}}
     options = resolve([Layer("test", data)]).options
     planned = push_registry(RunContext(options, dry_run=True))
-    assert f"upstream registry {upstream} does not answer: a real run stops here" in planned.changes
-    with pytest.raises(RegistryError, match=f"upstream registry {upstream} does not answer"):
+    assert f"upstream registry {upstream} unreachable: Connection refused" in planned.changes
+    assert "a real run stops here: it needs the upstream registry" in planned.changes
+    with pytest.raises(RegistryError, match=rf"upstream registry {upstream} does not answer at /v2/ \(Connection refused\)"):
         push_registry(RunContext(options))
     assert not RegistryClient(local, tls="http").ping(), "nothing was started"
 
