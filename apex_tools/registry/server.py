@@ -143,6 +143,11 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
     return LocalRegistry(address, started=True, pid=proc.pid)
 
 
+def local_registry_pid(work_dir: Path) -> int | None:
+    """The pid of the registry ``work_dir`` started, when it still runs."""
+    return _running_pid(work_dir)
+
+
 def _running_pid(work_dir: Path) -> int | None:
     """The pid in our pidfile when that process is still our registry, else None."""
     pidfile = paths(work_dir)["pid"]
