@@ -25,7 +25,7 @@ FS_UUID = "6d1c7a0e-1c8e-4a57-9d3e-2b8f5a2c1a4b"
 FS_SIZE = "512M"  # mkfs.xfs's minimum is 300 MB; the qcow2 keeps only what is written
 TOOLS = {"mkfs.xfs": "xfsprogs", "xfs_db": "xfsprogs", "qemu-img": "qemu-utils"}
 # Bump when what the artifacts hold changes, so a lab made before is generated again.
-RECIPE = 1
+RECIPE = 2
 
 # The puppet module file the bundled disk-image patch changes (config/patches/lab/).
 PUPPET_FILE = "etc/puppet/modules/tripleo/manifests/profile/base/lab.pp"

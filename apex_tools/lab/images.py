@@ -28,7 +28,7 @@ LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 CREATED = "2026-01-01T00:00:00Z"
 FIRST_UID = 42400  # kolla's service users start here
 # Bump when what the images hold changes, so a lab seeded before is seeded again.
-RECIPE = 1
+RECIPE = 2
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The smallest root filesystem the lab's disk image and service images share: Debian's static
-busybox (``/bin/sh`` and the usual applets), GNU ``patch`` with the C library it links, and the
+"""The smallest root filesystem the lab's disk image and service images share: Debian's dash as
+``/bin/sh``, static busybox for the usual applets, GNU ``patch`` with the C library both link, and the
 files a Linux image is expected to have. Described once as entries; written as a tar layer or as
 an ``mkfs.xfs`` prototype by the callers.
 """
@@ -13,8 +13,11 @@ from pathlib import Path
 from apex_tools.core.errors import LabError
 
 BUSYBOX = Path("/bin/busybox")
+# Not busybox's sh: Debian builds it to prefer its own applets over PATH, so a Dockerfile's plain
+# `patch` would run busybox's, which lacks GNU options (--fuzz, --batch) the rebuilds use.
+DASH = Path("/bin/dash")
 PATCH = Path("/usr/bin/patch")
-# GNU patch links only the C library (Debian 12, amd64); the loader and libc are copied as is.
+# dash and GNU patch link only the C library (Debian 12, amd64); the loader and libc are copied as is.
 LIBS = ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
 
 
@@ -51,13 +54,14 @@ def link(path: str, target: str) -> Entry:
 
 def require_tools() -> None:
     """Fail naming the Debian package when a host binary the root filesystem copies is missing."""
-    for path, package in ((BUSYBOX, "busybox-static"), (PATCH, "patch"), *((Path(p), "libc6") for p in LIBS)):
+    for path, package in ((BUSYBOX, "busybox-static"), (DASH, "dash"), (PATCH, "patch"), *((Path(p), "libc6") for p in LIBS)):
         if not path.is_file():
             raise LabError(f"the lab needs {path}, which is missing", f"apt-get install {package}")
 
 
 def base_entries(users: dict[str, int] | None = None) -> list[Entry]:
-    """busybox with its applets linked (``patch`` left to GNU patch), the libraries, /etc basics."""
+    """dash, busybox with its applets linked (``sh`` and ``patch`` left to dash and GNU patch), the
+    libraries, /etc basics."""
     require_tools()
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
     users = {"root": 0, **(users or {})}
@@ -68,7 +72,8 @@ def base_entries(users: dict[str, int] | None = None) -> list[Entry]:
                                    "sys", "usr", "usr/bin", "usr/lib", "var", "var/lib")]
     entries.append(folder("tmp", 0o1777))
     entries.append(host_file("bin/busybox", BUSYBOX))
-    entries += [link(f"bin/{a}", "busybox") for a in sorted(set(applets)) if a not in ("busybox", "patch")]
+    entries.append(host_file("bin/sh", DASH))
+    entries += [link(f"bin/{a}", "busybox") for a in sorted(set(applets)) if a not in ("busybox", "sh", "patch")]
     entries.append(host_file("usr/bin/patch", PATCH))
     entries += [host_file(p.lstrip("/"), p) for p in LIBS]
     entries += [
