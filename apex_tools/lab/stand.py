@@ -134,15 +134,14 @@ def _mirror(run: RunContext) -> StandIn:
     return StandIn("image mirror", address, "started", f"pid {pid}, files under {paths.docroot}")
 
 
-def _upstream(run: RunContext) -> tuple[StandIn, RegistryClient]:
-    address = _registry(run.options.upstream.registry, "upstream.registry")
+def _registry_stand_in(name: str, address: str, root: Path) -> tuple[StandIn, RegistryClient]:
     client = RegistryClient(address, tls="http", retries=1)
-    started = server.ensure_local_registry(address, upstream_root(run.options), client, start=True)
+    started = server.ensure_local_registry(address, root, client, start=True)
     if started.started:
-        return StandIn("upstream registry", address, "started", f"pid {started.pid}"), client
+        return StandIn(name, address, "started", f"pid {started.pid}"), client
     if started.pid is None:
-        return StandIn("upstream registry", address, "left alone", "something else answers there"), client
-    return StandIn("upstream registry", address, "running", f"pid {started.pid}"), client
+        return StandIn(name, address, "left alone", "something else answers there"), client
+    return StandIn(name, address, "running", f"pid {started.pid}"), client
 
 
 def _seed(run: RunContext, client: RegistryClient) -> StandIn:
@@ -175,12 +174,19 @@ def _seed(run: RunContext, client: RegistryClient) -> StandIn:
 
 
 def lab_up(run: RunContext) -> list[StandIn]:
-    """Generate (once) and start what is not running; leave running stand-ins alone."""
-    _registry(run.registry_address, "registry.address")  # push-registry starts it; it must be ours too
+    """Generate (once) and start what is not running; leave running stand-ins alone.
+
+    The local registry is started here too, exactly as push-registry would start it (same
+    pidfile and storage under the work dir), so that a lab whose stand-ins were restarted (a
+    container's run ended) still finds every image in place.
+    """
+    local = _registry(run.registry_address, "registry.address")
+    upstream = _registry(run.options.upstream.registry, "upstream.registry")
     mirror_address(run)
     out = [_artifacts(run), _mirror(run)]
-    upstream, client = _upstream(run)
-    out += [upstream, _seed(run, client)]
+    row, client = _registry_stand_in("upstream registry", upstream, upstream_root(run.options))
+    out += [row, _seed(run, client)]
+    out.append(_registry_stand_in("local registry", local, Path(run.options.work_dir))[0])
     return out
 
 

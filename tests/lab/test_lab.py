@@ -60,10 +60,12 @@ def test_lab_up_starts_leaves_alone_and_down_stops(tmp_path: Path) -> None:
         first = apex(["lab", "up"], env, tmp_path).stdout
         assert "image mirror" in first and "started" in first, first
         pids = lab_running(options)
-        assert pids["image mirror"] and pids["upstream registry"], pids
-        assert all(_alive(p) for p in (pids["image mirror"], pids["upstream registry"]))
+        assert all(pids.values()), pids
+        assert all(_alive(p) for p in pids.values())
         assert (mirror_paths(options).pid).is_file()
         assert (upstream_root(options) / "registry" / "registry.pid").is_file()
+        # The local registry: the pidfile and storage push-registry itself would use.
+        assert (Path(options.work_dir) / "registry" / "registry.pid").is_file()
 
         # The mirror serves the generated artifacts with RDO's .md5 sidecars.
         base = env["APEX_UPSTREAM_IMAGES_URL"].replace("{os_version}", "master")
@@ -87,8 +89,8 @@ def test_lab_up_starts_leaves_alone_and_down_stops(tmp_path: Path) -> None:
         assert (_sha(docroot_tar), docroot_tar.stat().st_mtime_ns) == before
 
         down = apex(["lab", "down"], env, tmp_path).stdout
-        assert down.count("stopped") >= 2, down
-        assert not any(_alive(p) for p in (pids["image mirror"], pids["upstream registry"]))
+        assert down.count("stopped") == 3, down
+        assert not any(_alive(p) for p in pids.values())
         assert not mirror_paths(options).pid.exists()
         assert lab_running(options) == {"image mirror": None, "upstream registry": None, "local registry": None}
         assert "stopped" not in apex(["lab", "down"], env, tmp_path).stdout
