@@ -76,17 +76,16 @@ def run_chain(env: dict[str, str], cwd: Path) -> dict[str, dict[str, Any]]:
     """``apex deploy --lab`` (every target); target → its JSON summary row.
 
     Where ``undercloud`` or ``deploy`` is still a placeholder, ``deploy`` would stop at it: the
-    lab is brought up and the built targets run in the chain's order instead, under the same
-    configuration (``-f config/lab.yaml``).
+    lab is brought up and the built targets run in the chain's order instead, in one ``apex``
+    process under the same configuration (``-f config/lab.yaml``).
     """
     missing = placeholders()
     if not missing:
         rows = json_documents(apex(["deploy", "--lab", "--json"], env, cwd).stdout)[0]
     else:
-        apex(["lab", "up", "--quiet"], env, cwd)
-        names = [n for n in ALL if n not in missing]
-        args = ["-f", str(lab_config_path())]
-        for name in names:
+        # One process, as deploy --lab is: Invoke runs lab.up, then each target, in order.
+        args = ["-f", str(lab_config_path()), "lab", "up", "--quiet"]
+        for name in (n for n in ALL if n not in missing):
             args += [name, "--json"]
         rows = [row for doc in json_documents(apex(args, env, cwd).stdout) for row in doc]
     return {row["target"]: row for row in rows}
