@@ -181,7 +181,10 @@ def deploy(
     lab: bool = False,
 ) -> None:
     """Run every target in order (each at most once), then deploy the overcloud."""
-    layers = [lab_layer()] if lab else []
+    try:
+        layers = [lab_layer()] if lab else []
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=2) from None
     if lab and not dry_run:
         _lab_up(c, quiet=quiet, stream=sys.stderr if json else sys.stdout)
     run_targets(c, [*FLOW, "deploy"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,

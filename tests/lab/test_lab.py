@@ -24,7 +24,7 @@ from apex_tools.lab.stand import lab_running, mirror_paths, upstream_root
 from apex_tools.registry.client import RegistryClient
 
 from conftest import need
-from lab_support import CHAIN, NOVA_IMAGES, apex, lab_options, run_chain, running_lab
+from lab_support import CHAIN, NOVA_IMAGES, apex, lab_env, lab_options, run_chain, running_lab
 from registry_support import forget_images
 
 LAB_TOOLS = ("nginx", "docker-registry", "mkfs.xfs", "xfs_db", "qemu-img", "busybox", "dash", "patch")
@@ -51,6 +51,40 @@ def test_artifacts_are_the_same_bytes_every_time(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     md5 = (tmp_path / "a" / f"{OVERCLOUD_TAR}.md5").read_text().split()[0]
     assert md5 == hashlib.md5((tmp_path / "a" / OVERCLOUD_TAR).read_bytes()).hexdigest()
+
+
+def test_lab_refuses_an_address_off_loopback(tmp_path: Path) -> None:
+    with running_lab(tmp_path) as env:
+        env["APEX_UPSTREAM_REGISTRY"] = "192.0.2.10:8782"
+        proc = apex(["lab", "up"], env, tmp_path, check=False)
+        assert proc.returncode != 0
+        assert "upstream.registry: '192.0.2.10:8782' is not on loopback" in proc.stderr, proc.stderr
+        assert not (Path(env["APEX_WORK_DIR"]) / "lab" / "mirror" / "nginx.pid").exists()
+
+
+def test_seed_images_are_deterministic_and_share_their_base(tmp_path: Path) -> None:
+    _need_lab_tools()
+    from apex_tools.catalog.images import load_catalog
+    from apex_tools.core.run import RunContext
+    from apex_tools.lab.images import seed_images
+    from apex_tools.patching.patches import load_projects
+    from apex_tools.registry.deployment import deployment_images, naming_of
+
+    run = RunContext(lab_options(lab_env(tmp_path)))
+    catalog = load_catalog(run.os_version)
+    selected = deployment_images(catalog, run.deploy_settings, naming_of(run))
+
+    def projects(name: str) -> tuple[str, ...]:
+        return catalog.images[name].projects if name in catalog.images else ()
+
+    first = seed_images(selected, projects, load_projects(), run.os_version)
+    second = seed_images(selected, projects, load_projects(), run.os_version)
+    assert [s.manifest().digest for s in first] == [s.manifest().digest for s in second]
+    assert len(first) == len(selected) and len({s.manifest().digest for s in first}) == len(first)
+    by_name = {s.repository.rsplit("centos-binary-", 1)[-1]: s for s in first}
+    assert len({s.layers[0].digest for s in first}) == 1  # one base layer for all
+    nova = {by_name[n].layers[1].digest for n in NOVA_IMAGES}
+    assert len(nova) == 1 and by_name["keystone"].layers[1].digest not in nova  # nova's code tree, shared
 
 
 def test_lab_up_starts_leaves_alone_and_down_stops(tmp_path: Path) -> None:

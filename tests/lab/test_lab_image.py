@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,26 @@ from registry_support import forget_images
 PASSED = ("APEX_", "LIBGUESTFS_")
 
 
-def _docker_run(image: str, root: Path, env: dict[str, str], *args: str) -> str:
-    cmd = ["docker", "run", "--rm", "--network", "host", "-v", "/var/run/docker.sock:/var/run/docker.sock",
-           "-v", f"{root}:{root}"]
+def _docker_run(image: str, root: Path, env: dict[str, str], *args: str, shell: str = "") -> str:
+    """``docker run --rm`` the image with the socket and ``root`` mounted at the same path; the
+    named container is removed even on a timeout. ``shell``: run that ``sh -c`` script instead."""
+    name = f"apex-tools-lab-{uuid.uuid4().hex[:8]}"
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", "host",
+           "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{root}:{root}"]
     for key, value in sorted(env.items()):
         if key.startswith(PASSED) and key != "APEX_TEST_REQUIRE_ALL":
             cmd += ["-e", f"{key}={value}"]
-    proc = subprocess.run([*cmd, image, *args], capture_output=True, text=True, timeout=1200,
-                          stdin=subprocess.DEVNULL)
+    if shell:
+        cmd += ["--entrypoint", "sh", image, "-c", shell]
+    else:
+        cmd += [image, *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
     if proc.returncode != 0:
-        pytest.fail(f"docker run {image} {' '.join(args)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
+        pytest.fail(f"docker run {image} {shell or ' '.join(args)} exited {proc.returncode}:\n"
+                    f"{(proc.stdout + proc.stderr)[-6000:]}")
     return proc.stdout
 
 
@@ -44,21 +55,8 @@ def _deploy_lab(image: str, root: Path, env: dict[str, str]) -> dict[str, dict[s
         return {row["target"]: row for row in rows}
     lab_file = "$(python3 -c 'from apex_tools.lab.stand import lab_config_path; print(lab_config_path())')"
     tasks = " ".join(f"{name} --json" for name in CHAIN)
-    out = _docker_run_shell(image, root, env, f'apex lab up --quiet && apex -f "{lab_file}" {tasks}')
+    out = _docker_run(image, root, env, shell=f'apex -f "{lab_file}" lab up --quiet {tasks}')
     return {row["target"]: row for doc in json_documents(out) for row in doc}
-
-
-def _docker_run_shell(image: str, root: Path, env: dict[str, str], script: str) -> str:
-    cmd = ["docker", "run", "--rm", "--network", "host", "-v", "/var/run/docker.sock:/var/run/docker.sock",
-           "-v", f"{root}:{root}", "--entrypoint", "sh"]
-    for key, value in sorted(env.items()):
-        if key.startswith(PASSED) and key != "APEX_TEST_REQUIRE_ALL":
-            cmd += ["-e", f"{key}={value}"]
-    proc = subprocess.run([*cmd, image, "-c", script], capture_output=True, text=True, timeout=1200,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        pytest.fail(f"docker run {image} sh -c {script!r} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}")
-    return proc.stdout
 
 
 @pytest.mark.slow
