@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
@@ -22,8 +22,10 @@ from apex_tools.core.console import Output
 from apex_tools.core.errors import ApexError
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.state import work_dir_lock
-from apex_tools.lab.stand import StandIn, lab_down, lab_layer, lab_up
 from apex_tools.targets import FLOW, registry
+
+if TYPE_CHECKING:
+    from apex_tools.lab.stand import StandIn
 
 # Top-level keys of Invoke's own that may sit in the same config file as ours.
 INVOKE_KEYS = frozenset(Config.global_defaults())
@@ -182,7 +184,7 @@ def deploy(
 ) -> None:
     """Run every target in order (each at most once), then deploy the overcloud."""
     try:
-        layers = [lab_layer()] if lab else []
+        layers = [_lab_layer()] if lab else []
     except ApexError as exc:
         raise Exit(f"apex: {exc}", code=2) from None
     if lab and not dry_run:
@@ -191,9 +193,16 @@ def deploy(
                 flags={"no_fetch": no_fetch or None}, layers=layers)
 
 
+def _lab_layer() -> Layer:
+    # Imported here: the lab's library is only loaded by the lab's tasks.
+    from apex_tools.lab.stand import lab_layer
+
+    return lab_layer()
+
+
 def _lab_options(c: Context) -> Any:
     try:
-        return options_from(c.config, os.environ, extra=[lab_layer()]).options
+        return options_from(c.config, os.environ, extra=[_lab_layer()]).options
     except ApexError as exc:
         raise Exit(f"apex: {exc}", code=2) from None
 
@@ -206,9 +215,13 @@ def _print_stand_ins(rows: Sequence[StandIn], stream: Any) -> None:
 
 
 def _lab_up(c: Context, quiet: bool = False, stream: Any = None) -> None:
+    from apex_tools.lab.stand import lab_up
+
     options = _lab_options(c)
     try:
-        rows = lab_up(RunContext(options))
+        # Under the work dir's lock: two runs must not both start the same stand-in.
+        with work_dir_lock(options.work_dir, options.lock_timeout):
+            rows = lab_up(RunContext(options))
     except ApexError as exc:
         raise Exit(f"apex: lab up: {exc}", code=1) from None
     if not quiet:
@@ -224,8 +237,14 @@ def lab_up_task(c: Context, quiet: bool = False) -> None:
 @task(name="down", help={"quiet": "Print nothing unless something fails."})
 def lab_down_task(c: Context, quiet: bool = False) -> None:
     """Stop the lab's stand-ins and the local registry this work dir started."""
+    from apex_tools.lab.stand import lab_down
+
     options = _lab_options(c)
-    rows = lab_down(options)
+    try:
+        with work_dir_lock(options.work_dir, options.lock_timeout):
+            rows = lab_down(options)
+    except ApexError as exc:
+        raise Exit(f"apex: lab down: {exc}", code=1) from None
     if not quiet:
         _print_stand_ins(rows, sys.stdout)
 
