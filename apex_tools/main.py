@@ -25,8 +25,33 @@ class ApexConfig(Config):
         return {**Config.global_defaults(), **copy.deepcopy(DEFAULTS)}
 
 
+# Sub-collections whose tasks may also be named with a space: ``apex lab up`` = ``apex lab.up``.
+SPACED = {"lab": ("up", "down")}
+
+
+def join_spaced(argv: list[str]) -> list[str]:
+    """``[..., "lab", "up", ...]`` → ``[..., "lab.up", ...]`` (Invoke names sub-tasks with a dot)."""
+    out: list[str] = []
+    words = iter(range(len(argv)))
+    for i in words:
+        word = argv[i]
+        if word in SPACED and i + 1 < len(argv) and argv[i + 1] in SPACED[word]:
+            out.append(f"{word}.{argv[i + 1]}")
+            next(words, None)
+        else:
+            out.append(word)
+    return out
+
+
 class ApexProgram(Program):
     """Always loads the bundled collection, and the project file ``./apex.yaml`` from the cwd."""
+
+    def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
+        import shlex
+        import sys
+
+        words = shlex.split(argv) if isinstance(argv, str) else list(sys.argv if argv is None else argv)
+        super().run(join_spaced(words), exit)
 
     def load_collection(self) -> None:
         # Invoke's bundled-namespace mode loads no project file (its own TODO) and hides

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
@@ -25,6 +26,9 @@ from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
 from apex_tools.overcloud.inventory import load_inventory, scale_of
 from apex_tools.targets import FLOW, registry
+
+if TYPE_CHECKING:
+    from apex_tools.lab.stand import StandIn
 
 # Top-level keys of Invoke's own that may sit in the same config file as ours.
 INVOKE_KEYS = frozenset(Config.global_defaults())
@@ -41,9 +45,11 @@ def invoke_file_layers(config: Config) -> list[Layer]:
     return layers
 
 
-def options_from(config: Config, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> EffectiveConfig:
-    """The effective configuration of a task: Invoke's files, ``APEX_*``, then the task's flags."""
-    return effective_config(invoke_file_layers(config), environ, flags, INVOKE_KEYS)
+def options_from(config: Config, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None,
+                 extra: Sequence[Layer] = ()) -> EffectiveConfig:
+    """The effective configuration of a task: Invoke's files (then ``extra`` files), ``APEX_*``,
+    then the task's flags."""
+    return effective_config([*invoke_file_layers(config), *extra], environ, flags, INVOKE_KEYS)
 
 
 COMMON_HELP = {
@@ -69,10 +75,11 @@ def run_targets(
     quiet: bool,
     json: bool = False,
     flags: dict[str, Any] | None = None,
+    layers: Sequence[Layer] = (),
 ) -> list[TargetResult]:
     """Run ``names`` in order under the work-dir lock, stop at the first failure, print the summary."""
     try:
-        options = options_from(c.config, os.environ, flags).options
+        options = options_from(c.config, os.environ, flags, layers).options
         run = RunContext(options, force=force, dry_run=dry_run)
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
@@ -174,6 +181,7 @@ def push_registry(
     force="Redo every target of the chain, not only the out-of-date ones.",
     dry_run="Print the whole chain's plan and touch nothing.",
     no_fetch="Use the cached images only; never contact upstream.",
+    lab="The lab: use config/lab.yaml (as -f would) and bring the lab up first when it is not.",
 ))
 def deploy(
     c: Context,
@@ -183,10 +191,73 @@ def deploy(
     verbose: bool = False,
     quiet: bool = False,
     json: bool = False,
+    lab: bool = False,
 ) -> None:
     """Run every target in order (each at most once), then deploy the overcloud."""
+    try:
+        layers = [_lab_layer()] if lab else []
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=2) from None
+    if lab and not dry_run:
+        _lab_up(c, quiet=quiet, stream=sys.stderr if json else sys.stdout)
     run_targets(c, [*FLOW, "deploy"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
-                flags={"no_fetch": no_fetch or None})
+                flags={"no_fetch": no_fetch or None}, layers=layers)
+
+
+def _lab_layer() -> Layer:
+    # Imported here: the lab's library is only loaded by the lab's tasks.
+    from apex_tools.lab.stand import lab_layer
+
+    return lab_layer()
+
+
+def _lab_options(c: Context) -> Any:
+    try:
+        return options_from(c.config, os.environ, extra=[_lab_layer()]).options
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=2) from None
+
+
+def _print_stand_ins(rows: Sequence[StandIn], stream: Any) -> None:
+    width = max(len(r.name) for r in rows)
+    for row in rows:
+        detail = f" ({row.detail})" if row.detail else ""
+        print(f"lab: {row.name:<{width}}  {row.address}  {row.status}{detail}", file=stream)
+
+
+def _lab_up(c: Context, quiet: bool = False, stream: Any = None) -> None:
+    from apex_tools.lab.stand import lab_up
+
+    options = _lab_options(c)
+    try:
+        # Under the work dir's lock: two runs must not both start the same stand-in.
+        with work_dir_lock(options.work_dir, options.lock_timeout):
+            rows = lab_up(RunContext(options))
+    except ApexError as exc:
+        raise Exit(f"apex: lab up: {exc}", code=1) from None
+    if not quiet:
+        _print_stand_ins(rows, stream or sys.stdout)
+
+
+@task(name="up", help={"quiet": "Print nothing unless something fails."})
+def lab_up_task(c: Context, quiet: bool = False) -> None:
+    """Start the lab's stand-ins (image mirror, upstream registry with its images); running ones are left alone."""
+    _lab_up(c, quiet=quiet)
+
+
+@task(name="down", help={"quiet": "Print nothing unless something fails."})
+def lab_down_task(c: Context, quiet: bool = False) -> None:
+    """Stop the lab's stand-ins and the local registry this work dir started."""
+    from apex_tools.lab.stand import lab_down
+
+    options = _lab_options(c)
+    try:
+        with work_dir_lock(options.work_dir, options.lock_timeout):
+            rows = lab_down(options)
+    except ApexError as exc:
+        raise Exit(f"apex: lab down: {exc}", code=1) from None
+    if not quiet:
+        _print_stand_ins(rows, sys.stdout)
 
 
 @task(name="config", help={"key": "Show only this dotted key (e.g. registry.address)."})
@@ -220,8 +291,9 @@ def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:
     return {k: (v, f"default: {os_version}'s (tripleo-common)") for k, v in shown.items()}
 
 
-ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config)
+lab_ns = Collection("lab", lab_up_task, lab_down_task)
+ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config, lab_ns)
 # Long flags only: automatic short flags differ from task to task and clash with core ones.
 ns.configure({"tasks": {"auto_dash_names": True}})
-for _task in ns.tasks.values():
+for _task in [*ns.tasks.values(), *lab_ns.tasks.values()]:
     _task.auto_shortflags = False

@@ -84,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
         "python_path": "",
         # Comma-separated patterns of diff files never installed (release notes; tests: python tests/, puppet spec/).
         "drop": "releasenotes/*,tests/*,*/tests/*,spec/*",
-        # A YAML file of local patches not on Gerrit ({overcloud,undercloud}: [{path, project}]); "" = none.
+        # A YAML file of local patches not on Gerrit ({overcloud,undercloud}: [{path, project}]), or a
+        # bundled one by name (config/patches/<name>.yaml); "" = none.
         "local_patches": "",
         # Package repository of an OpenDaylight release ({release}), for the opendaylight image rebuild.
         "odl_repo_url": "https://nexus.opendaylight.org/content/repositories/opendaylight-{release}-epel-7-x86_64-devel/",

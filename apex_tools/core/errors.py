@@ -49,3 +49,7 @@ class UndercloudError(ApexError):
 
 class NotBuiltError(ApexError):
     """A target whose implementation has not landed yet."""
+
+
+class LabError(ApexError):
+    """A lab stand-in could not be generated, started or stopped."""

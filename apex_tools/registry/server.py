@@ -238,6 +238,11 @@ def _stop_beside(work_dir: Path) -> bool:
     return bool(found)
 
 
+def local_registry_pid(work_dir: Path) -> int | None:
+    """The pid of the registry ``work_dir`` started, when it still runs."""
+    return _running_pid(work_dir)
+
+
 def _running_pid(work_dir: Path) -> int | None:
     """The pid in our pidfile when that process is still our registry, else None."""
     pidfile = paths(work_dir)["pid"]

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from apex_tools.catalog.images import Catalog, load_catalog
 from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile, render_odl_repo
 from apex_tools.http.download import join_url
+from apex_tools.core.config import settings_path
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
 from apex_tools.patching.gerrit import GerritClient, GerritUnreachable
 from apex_tools.registry.image_config import ImageInfo, Inspector, inspect_image
@@ -141,7 +142,8 @@ def requested(run: RunContext) -> list[Request]:
     out = [Request(side, p.project, p.change_id, p.branch or branch)
            for side in SIDES for p in getattr(run.patches, side)]
     if run.options.patching.local_patches:
-        out += local_requests(Path(run.options.patching.local_patches).expanduser())
+        # A path, or a bundled list by name (config/patches/<name>.yaml, e.g. the lab's).
+        out += local_requests(settings_path(run.options.patching.local_patches, "patches"))
     return out
 
 

@@ -1,0 +1,211 @@
+"""Bring the lab's stand-ins up and down: the image mirror, the upstream registry and its seed.
+
+Their addresses come from the configuration (``config/lab.yaml``, overridable like any key):
+``upstream.images_url`` is the mirror, ``upstream.registry`` (and ``upstream.ceph_registry``) the
+upstream registry, ``registry.address`` the local registry push-registry starts. Each must be
+on loopback. Everything lives under ``<work_dir>/lab/``; a stand-in already running is left
+alone, and ``lab_down`` stops only what this work dir started (by pidfile).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from apex_tools.catalog.images import load_catalog
+import yaml
+
+from apex_tools.core.config import Layer, Options
+from apex_tools.core.errors import LabError, SettingsError
+from apex_tools.core.resources import data_path
+from apex_tools.core.run import RunContext
+from apex_tools.core.state import atomic_write
+from apex_tools.core.workdir import OVERCLOUD_TAR
+from apex_tools.http.download import join_url
+from apex_tools.lab import artifacts, images
+from apex_tools.lab.mirror import MirrorPaths, answers, mirror_pid, start_mirror, stop_mirror
+from apex_tools.patching.patches import load_projects
+from apex_tools.registry import server
+from apex_tools.registry.client import RegistryClient
+from apex_tools.registry.deployment import deployment_images, naming_of
+
+LAB_DIR = "lab"
+
+
+def lab_config_path() -> Path:
+    """The bundled lab configuration, ``config/lab.yaml``."""
+    return data_path("config", "lab.yaml")
+
+
+def lab_layer() -> Layer:
+    """``config/lab.yaml`` as a config file layer (what ``-f config/lab.yaml`` loads)."""
+    path = lab_config_path()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"lab configuration {path}: cannot read it: {exc}", "restore config/lab.yaml") from None
+    return Layer(f"lab file {path}", data)
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """One stand-in's state after ``lab_up``/``lab_down``: name, address, what happened."""
+
+    name: str
+    address: str
+    status: str  # started | running | left alone | stopped | not running | generated | seeded | current
+    detail: str = ""
+
+
+def lab_root(options: Options) -> Path:
+    return Path(options.work_dir) / LAB_DIR
+
+
+def mirror_paths(options: Options) -> MirrorPaths:
+    return MirrorPaths(lab_root(options) / "mirror")
+
+
+def upstream_root(options: Options) -> Path:
+    """The upstream registry's folder (``server.paths`` puts its config, data and pid under it)."""
+    return lab_root(options) / "upstream"
+
+
+def _loopback(host: str, key: str, value: str) -> str:
+    host = host.strip("[]")
+    try:
+        loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = False
+    if not loop:
+        raise LabError(f"{key}: {value!r} is not on loopback; the lab's stand-ins bind 127.0.0.0/8 or ::1 only",
+                       f"set {key} to a 127.0.0.1 address (config/lab.yaml has the defaults)")
+    return host
+
+
+def mirror_address(run: RunContext) -> tuple[str, int, str]:
+    """(host, port, url path) of the mirror from ``upstream.images_url`` (``{os_version}`` filled)."""
+    url = run.expand(run.options.upstream.images_url)
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise LabError(f"upstream.images_url: {url!r} is not http://<loopback>:<port>/...",
+                       "the lab's mirror is plain HTTP on a fixed loopback port (see config/lab.yaml)")
+    host = _loopback(parts.hostname, "upstream.images_url", url)
+    return host, parts.port, parts.path
+
+
+def _registry(address: str, key: str) -> str:
+    host, _ = server.split_address(address)
+    _loopback(host, key, address)
+    return address
+
+
+def _artifacts(run: RunContext) -> StandIn:
+    """Generate the mirror's files once (a record says which recipe made them)."""
+    _host, _port, path = mirror_address(run)
+    folder = mirror_paths(run.options).docroot / path.strip("/")
+    record = lab_root(run.options) / "artifacts.json"
+    want = {"recipe": artifacts.RECIPE, "folder": str(folder)}
+    try:
+        current = json.loads(record.read_text()) == want
+    except (OSError, ValueError):
+        current = False
+    names = [OVERCLOUD_TAR, f"{OVERCLOUD_TAR}.md5"]
+    if current and all((folder / n).is_file() for n in names):
+        return StandIn("mirror files", str(folder), "current")
+    written = artifacts.write_artifacts(folder)
+    atomic_write(record, json.dumps(want, indent=1, sort_keys=True) + "\n")
+    return StandIn("mirror files", str(folder), "generated", ", ".join(written))
+
+
+def _mirror(run: RunContext) -> StandIn:
+    host, port, path = mirror_address(run)
+    paths = mirror_paths(run.options)
+    address = f"{host}:{port}"
+    if answers(host, port):
+        pid = mirror_pid(paths)
+        if pid is None:
+            return StandIn("image mirror", address, "left alone", "something else answers there")
+        return StandIn("image mirror", address, "running", f"pid {pid}")
+    check = join_url(f"http://{address}{path}", f"{OVERCLOUD_TAR}.md5")
+    pid = start_mirror(paths, host, port, check)
+    return StandIn("image mirror", address, "started", f"pid {pid}, files under {paths.docroot}")
+
+
+def _registry_stand_in(name: str, address: str, root: Path) -> tuple[StandIn, RegistryClient]:
+    client = RegistryClient(address, tls="http", retries=1)
+    started = server.ensure_local_registry(address, root, client, start=True)
+    if started.started:
+        return StandIn(name, address, "started", f"pid {started.pid}"), client
+    if started.pid is None:
+        return StandIn(name, address, "left alone", "something else answers there"), client
+    return StandIn(name, address, "running", f"pid {started.pid}"), client
+
+
+def _seed(run: RunContext, client: RegistryClient) -> StandIn:
+    """Push the deployment's images to the upstream registry unless the same set is there."""
+    catalog = load_catalog(run.os_version)
+    selected = deployment_images(catalog, run.deploy_settings, naming_of(run))
+    strays = sorted({str(i.source) for i in selected if i.source.registry != client.host})
+    if strays:
+        raise LabError(f"images not served by the lab's upstream registry {client.host}: {', '.join(strays)}",
+                       "set upstream.registry and upstream.ceph_registry to the same loopback address")
+    key = {"recipe": images.RECIPE, "registry": client.host, "python_path": run.options.patching.python_path,
+           "images": [str(i.source) for i in selected],
+           "projects": {i.name: list(catalog.images[i.name].projects) if i.name in catalog.images else []
+                        for i in selected}}
+    record = upstream_root(run.options) / "seed.json"
+    try:
+        recorded = json.loads(record.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == key:
+        return StandIn("upstream images", client.host, "current", f"{len(selected)} image(s)")
+
+    def projects(name: str) -> tuple[str, ...]:
+        return catalog.images[name].projects if name in catalog.images else ()
+
+    seeds = images.seed_images(selected, projects, load_projects(), run.os_version, run.options.patching.python_path)
+    pushed = images.push_seeds(client, seeds)
+    atomic_write(record, json.dumps(key, indent=1, sort_keys=True) + "\n")
+    return StandIn("upstream images", client.host, "seeded", f"{pushed} of {len(seeds)} image(s) pushed")
+
+
+def lab_up(run: RunContext) -> list[StandIn]:
+    """Generate (once) and start what is not running; leave running stand-ins alone.
+
+    The local registry is started here too, exactly as push-registry would start it (same
+    pidfile and storage under the work dir), so that a lab whose stand-ins were restarted (a
+    container's run ended) still finds every image in place.
+    """
+    local = _registry(run.registry_address, "registry.address")
+    upstream = _registry(run.options.upstream.registry, "upstream.registry")
+    mirror_address(run)
+    out = [_artifacts(run), _mirror(run)]
+    row, client = _registry_stand_in("upstream registry", upstream, upstream_root(run.options))
+    out += [row, _seed(run, client)]
+    out.append(_registry_stand_in("local registry", local, Path(run.options.work_dir))[0])
+    return out
+
+
+def lab_down(options: Options) -> list[StandIn]:
+    """Stop the stand-ins this work dir started (mirror, upstream registry, local registry)."""
+    paths = mirror_paths(options)
+    out = [StandIn("image mirror", str(paths.root), "stopped" if stop_mirror(paths) else "not running")]
+    stopped = server.stop_local_registry(upstream_root(options))
+    out.append(StandIn("upstream registry", str(upstream_root(options)), "stopped" if stopped else "not running"))
+    stopped = server.stop_local_registry(Path(options.work_dir))
+    out.append(StandIn("local registry", str(Path(options.work_dir) / "registry"),
+                       "stopped" if stopped else "not running"))
+    return out
+
+
+def lab_running(options: Options) -> dict[str, int | None]:
+    """The pid of each stand-in this work dir started and still runs (None: not running)."""
+    return {
+        "image mirror": mirror_pid(mirror_paths(options)),
+        "upstream registry": server.local_registry_pid(upstream_root(options)),
+        "local registry": server.local_registry_pid(Path(options.work_dir)),
+    }

@@ -1,0 +1,186 @@
+"""Benchmark the lab deployment: ``apex deploy --lab`` on a lab already up, then its re-run.
+
+In a fresh temp work dir and lab (free loopback ports, never a running developer lab):
+  * the first run of the whole chain: each target's time and the total wall time;
+  * the re-run with nothing changed: total wall time, and every request it made to the
+    image mirror and both registries (from their access logs) with the bytes they sent.
+Goals on a 2-core machine: first run under 3 minutes; re-run under 2 s, sending no bytes beyond
+validation requests (mirror: HEAD or 304 only; registries: no blob read, no upload).
+
+    python bench/deploy_lab.py            # re-run measured 5 times (median)
+    python bench/deploy_lab.py --short    # re-run measured once, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
+import docker  # noqa: E402
+
+from conftest import run_registry  # noqa: E402
+from lab_support import CHAIN, apex, lab_options, placeholders, run_chain, running_lab  # noqa: E402
+from registry_support import forget_images  # noqa: E402
+
+from apex_tools.lab.stand import mirror_paths  # noqa: E402
+from apex_tools.registry.client import RegistryClient  # noqa: E402
+
+FIRST_GOAL = 180.0
+RERUN_GOAL = 2.0
+# docker-registry's access log: ... "GET /v2/... HTTP/1.1" 200 1234 ...
+REGISTRY_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d+) (?P<bytes>\d+)')
+ACCESS_LOG = {"log": {"level": "info", "accesslog": {"disabled": False}}}
+
+
+class Logs:
+    """The mirror's and both registries' access logs, read from an offset."""
+
+    def __init__(self, mirror: Path, registries: dict[str, Path]) -> None:
+        self.files = {"mirror": mirror, **registries}
+        self.marks = dict.fromkeys(self.files, 0)
+
+    def mark(self) -> None:
+        time.sleep(0.2)  # servers log just after the last byte
+        self.marks = {name: path.stat().st_size if path.exists() else 0 for name, path in self.files.items()}
+
+    def since_mark(self) -> dict[str, list[tuple[str, str, int, int]]]:
+        time.sleep(0.2)
+        out: dict[str, list[tuple[str, str, int, int]]] = {}
+        for name, path in self.files.items():
+            with path.open("rb") as handle:
+                handle.seek(self.marks[name])
+                text = handle.read().decode(errors="replace")
+            rows = []
+            for line in text.splitlines():
+                if name == "mirror":
+                    parts = line.split('"')[0].split()
+                    if len(parts) == 4:
+                        rows.append((parts[0], parts[1], int(parts[2]), int(parts[3])))
+                elif (found := REGISTRY_LINE.search(line)) is not None:
+                    rows.append((found["method"], found["path"], int(found["status"]), int(found["bytes"])))
+            out[name] = rows
+        return out
+
+
+def config_blobs(registry: str, rows: list[tuple[str, str, int, int]]) -> set[str]:
+    """The blob paths among ``rows`` that are image configs (metadata), not layers."""
+    client = RegistryClient(registry, tls="http")
+    out = set()
+    for method, path, _status, _sent in rows:
+        if method == "GET" and "/blobs/" in path:
+            repository, digest = path.removeprefix("/v2/").split("/blobs/")
+            for tag in client.tags(repository):
+                if client.get_manifest(repository, tag).json().get("config", {}).get("digest") == digest:
+                    out.add(path)
+    return out
+
+
+def content_moved(requests: dict[str, list[tuple[str, str, int, int]]], configs: set[str]) -> list[str]:
+    """The requests that moved content (layers, disk images, uploads): what the goal forbids.
+
+    Validation and metadata are allowed: HEAD, 304, GET /v2/, manifests and image configs.
+    """
+    bad = []
+    for method, path, status, sent in requests["mirror"]:
+        if not (method == "HEAD" or status == 304 or sent == 0):
+            bad.append(f"mirror {method} {path} {status} {sent} bytes")
+    for name in ("upstream registry", "local registry"):
+        for method, path, status, sent in requests[name]:
+            if method not in ("GET", "HEAD") or ("/blobs/" in path and method == "GET" and path not in configs):
+                bad.append(f"{name} {method} {path} {status} {sent} bytes")
+    return bad
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", action="store_true", help="measure the re-run once (CI)")
+    args = parser.parse_args()
+    reruns = 1 if args.short else 5
+    root = Path(tempfile.mkdtemp(prefix="apex-bench-lab-"))
+    client = docker.from_env(timeout=300)
+    env: dict[str, str] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            # The registries run with access logs, at the addresses the lab is told to use;
+            # lab up leaves answering registries alone and seeds the upstream one.
+            upstream = stack.enter_context(run_registry(root / "upstream-registry", ACCESS_LOG))
+            local = stack.enter_context(run_registry(root / "local-registry", ACCESS_LOG))
+            lab = stack.enter_context(running_lab(root / "lab"))
+            env = lab
+            # The registries above stand in for the lab's own (lab up leaves them alone).
+            env.update(APEX_UPSTREAM_REGISTRY=upstream.address, APEX_UPSTREAM_CEPH_REGISTRY=upstream.address,
+                       APEX_REGISTRY_ADDRESS=local.address)
+            cwd = root / "lab"
+            started = time.perf_counter()
+            apex(["lab", "up", "--quiet"], env, cwd)
+            t_up = time.perf_counter() - started
+
+            started = time.perf_counter()
+            first = run_chain(env, cwd)
+            t_first = time.perf_counter() - started
+            failed = [n for n in CHAIN if first[n]["status"] != "changed"]
+
+            logs = Logs(mirror_paths(lab_options(env)).access_log,
+                        {"upstream registry": upstream.root / "registry.log", "local registry": local.root / "registry.log"})
+            times, requests, statuses, rerun_seconds = [], {}, {}, {}
+            for _ in range(reruns):
+                logs.mark()
+                started = time.perf_counter()
+                second = run_chain(env, cwd)
+                times.append(time.perf_counter() - started)
+                requests = logs.since_mark()
+                statuses = {n: r["status"] for n, r in second.items()}
+                rerun_seconds = {n: r["seconds"] for n, r in second.items()}
+            configs = config_blobs(upstream.address, requests["upstream registry"])
+    finally:
+        if env:
+            forget_images(client, [env.get("APEX_REGISTRY_ADDRESS", ""), env.get("APEX_UPSTREAM_REGISTRY", "")])
+        shutil.rmtree(root, ignore_errors=True)
+
+    skipped = sorted(placeholders())
+    print(f"lab up (generate, start, seed; not part of the first run): {t_up:.1f} s")
+    print(f"{'first run: target':<28}{'status':>12}{'seconds':>10}")
+    for name, row in first.items():
+        print(f"{name:<28}{row['status']:>12}{row['seconds']:>10.2f}")
+    if skipped:
+        print(f"(not built yet on this branch, not run: {', '.join(skipped)})")
+    print(f"{'first run total (wall)':<40}{t_first:>10.2f} s (goal < {FIRST_GOAL:.0f} s)")
+    median = statistics.median(times)
+    print(f"{'re-run total (wall, median of %d)' % len(times):<40}{median:>10.3f} s (goal < {RERUN_GOAL:.0f} s)")
+    print("re-run per target: " + ", ".join(f"{n} {t:.2f} s" for n, t in rerun_seconds.items()))
+    for name, rows in requests.items():
+        kinds: dict[str, int] = {}
+        for method, path, status, _sent in rows:
+            kinds[f"{method} {status}"] = kinds.get(f"{method} {status}", 0) + 1
+        # The registry logs a HEAD's Content-Length as if sent: only bodies count.
+        sent = sum(r[3] for r in rows if r[0] != "HEAD")
+        metadata = sum(r[3] for r in rows if r[0] == "GET" and ("/manifests/" in r[1] or r[1] in configs))
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())) or "none"
+        print(f"re-run requests to {name}: {len(rows)} ({detail}); {sent} body bytes sent"
+              + (f", {metadata} of them manifests and image configs" if metadata else ""))
+        if not args.short:
+            for method, path, status, sent in rows:
+                if method != "HEAD":
+                    print(f"    {method} {path[:100]} {status} {sent} bytes")
+    bad = content_moved(requests, configs)
+    late = [f"{n}: {s}" for n, s in statuses.items() if s not in ("up to date", "ready")]
+    for line in bad:
+        print("  moved content:", line)
+    for line in late:
+        print("  not up to date:", line)
+    ok = t_first < FIRST_GOAL and median < RERUN_GOAL and not bad and not late and not failed
+    print("goals:", "met" if ok else "NOT met")
+    return 0 if not failed and not late else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
