@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -46,13 +47,6 @@ def join_spaced(argv: list[str]) -> list[str]:
 class ApexProgram(Program):
     """Always loads the bundled collection, and the project file ``./apex.yaml`` from the cwd."""
 
-    def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
-        import shlex
-        import sys
-
-        words = shlex.split(argv) if isinstance(argv, str) else list(sys.argv if argv is None else argv)
-        super().run(join_spaced(words), exit)
-
     def load_collection(self) -> None:
         # Invoke's bundled-namespace mode loads no project file (its own TODO) and hides
         # --list, so the collection is "loaded" here instead, with the cwd as the project.
@@ -61,11 +55,12 @@ class ApexProgram(Program):
         self.collection = ns
 
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
-        """Invoke's run; an exception nothing expected is one line and exit code 3, not a traceback."""
+        """Invoke's run with ``lab up`` spelled with a space too; an exception nothing expected is
+        one line and exit code 3, not a traceback."""
+        words = shlex.split(argv) if isinstance(argv, str) else list(sys.argv if argv is None else argv)
         try:
-            super().run(argv, exit)
+            super().run(join_spaced(words), exit)
         except Exception as exc:  # noqa: BLE001 - the program edge: whatever escaped is a bug
-            words = argv.split() if isinstance(argv, str) else argv if argv is not None else sys.argv
             print(internal_error(exc, verbose="--verbose" in words), file=sys.stderr)
             if not exit:
                 raise
