@@ -46,7 +46,6 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from apex_tools.registry.client import DOCKER_MANIFEST, Manifest, RegistryClient
-from apex_tools.registry.server import ensure_local_registry, paths, stop_local_registry
 
 NAMESPACE = "tripleomaster"
 TAG = "current-tripleo"
@@ -137,6 +136,9 @@ class Registry:
     address: str = field(default_factory=free_address)
 
     def __post_init__(self) -> None:
+        # Imported here: the ``--mirror`` child (our command, timed) needs none of this.
+        from apex_tools.registry.server import ensure_local_registry, paths
+
         self.client = RegistryClient(self.address, tls="http")
         ensure_local_registry(self.address, self.work, self.client)
         self.log = paths(self.work)["log"]
@@ -157,6 +159,8 @@ class Registry:
         return Counter(re.findall(r'msg="response completed[^"]*".*?http\.request\.method=(\w+)', text))
 
     def stop(self) -> None:
+        from apex_tools.registry.server import stop_local_registry
+
         stop_local_registry(self.work)
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -171,12 +175,15 @@ class Run:
 
 # -- the methods ---------------------------------------------------------------------------
 
-def ours(jobs: int, profile: Path | None = None) -> Callable[[str, str, list[str]], dict]:
+def ours(jobs: int, profile: Path | None = None, code: str | None = None) -> Callable[[str, str, list[str]], dict]:
+    """Our mirror as its own process; ``code``: a folder holding another apex_tools (a baseline)."""
+    env = dict(os.environ, PYTHONPATH=code) if code else None
+
     def run(src: str, dst: str, repos: list[str]) -> dict:
         argv = [sys.executable, __file__, "--mirror", src, dst, "--jobs", str(jobs)]
         if profile is not None:
             argv += ["--profile-to", str(profile)]
-        proc = subprocess.Popen(argv + repos, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv + repos, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         out, err = proc.communicate()
         if proc.returncode:
             raise SystemExit(f"our mirror failed:\n{err.decode()}")
@@ -336,8 +343,11 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="a smaller set, one repetition (for CI)")
     parser.add_argument("--jobs", type=int, default=4, help="our parallel images (config `jobs`)")
     parser.add_argument("--reps", type=int, default=None, help="cold runs per method (median); 3, short 1")
+    parser.add_argument("--sets", default="small,large", help="which sets to run (small, large)")
     parser.add_argument("--skip-docker", action="store_true", help="leave out the docker loop")
     parser.add_argument("--profile", action="store_true", help="print where our cold runs spend their time")
+    parser.add_argument("--baseline", metavar="DIR", help="also time the apex_tools in DIR (e.g. an older "
+                        "`git archive <rev> apex_tools`), as 'ours (baseline)'")
     parser.add_argument("--mirror", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     parser.add_argument("repos", nargs="*", help=argparse.SUPPRESS)
@@ -359,6 +369,7 @@ def main() -> int:
 
     methods: dict[str, Callable[[str, str, list[str]], dict]] = {
         f"ours (jobs={args.jobs})": ours(args.jobs),
+        **({"ours (baseline)": ours(args.jobs, code=args.baseline)} if args.baseline else {}),
         "skopeo copy, one at a time": skopeo(1),
         "skopeo copy, 4 at a time": skopeo(4),
     }
@@ -376,6 +387,7 @@ def main() -> int:
               f"docker-registry: {rate / MiB:.0f} MiB/s ({probe // MiB} MiB blob, median of 3)\n", flush=True)
 
         results: dict[str, dict[str, dict[str, list[Run]]]] = {}
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
         for set_name, (repos, unique) in sets.items():
             runs = results[set_name] = {m: {"cold": [], "rerun": []} for m in methods}
             for rep in range(reps):
@@ -392,7 +404,7 @@ def main() -> int:
                         stats = method(upstream.host, target.host, repos)
                         seconds = time.perf_counter() - started
                         runs[name][kind].append(Run(seconds, upstream.requests(up), target.requests(down), stats))
-                    if name == OURS:
+                    if name.startswith("ours"):
                         for repo in repos:
                             assert target.client.head_manifest(repo, TAG) == upstream.client.head_manifest(repo, TAG)
                     if name.startswith("docker"):

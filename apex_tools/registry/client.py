@@ -146,7 +146,7 @@ class RegistryClient:
         retries: int = 5,
         backoff: float = 0.5,
         timeout: float = 60.0,
-        pool: int = 16,
+        pool: int = 32,
     ) -> None:
         if tls not in TLS_MODES:
             raise RegistryError(f"registry {host}: unknown TLS mode {tls!r}", f"use one of {', '.join(TLS_MODES)}")
