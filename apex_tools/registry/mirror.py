@@ -16,9 +16,7 @@ trips overlap the large images' transfers.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ import requests
 
 from apex_tools.core.errors import ApexError
 from apex_tools.core.reference import ImageRef
-from apex_tools.registry.client import CHUNK, Manifest, RegistryClient, RegistryHTTPError
+from apex_tools.registry.client import Manifest, RegistryClient, RegistryHTTPError
 
 log = logging.getLogger(__name__)
 
@@ -112,63 +110,6 @@ class _Send:
     digest: str
     size: int
     future: Future[int] | None = None
-
-
-# Blobs at least this large are read ahead of the upload (see ``_ReadAhead``).
-READ_AHEAD_MIN = 8 * CHUNK
-READ_AHEAD_CHUNKS = 4
-
-
-class _ReadAhead:
-    """Reads a source stream a few chunks ahead in its own thread, so receiving from upstream
-    overlaps sending to the target instead of the two taking turns (at most
-    ``READ_AHEAD_CHUNKS`` chunks held: streamed, never buffered whole)."""
-
-    def __init__(self, stream: object, chunk: int = CHUNK, depth: int = READ_AHEAD_CHUNKS) -> None:
-        self._stream = stream
-        self._chunk = chunk
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
-        self._closed = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._pump, name="read-ahead", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data: bytes | BaseException = self._stream.read(self._chunk)  # type: ignore[attr-defined]
-            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, raised there
-                data = exc
-            while not self._closed.is_set():
-                try:
-                    self._queue.put(data, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not isinstance(data, bytes) or not data:
-                return
-
-    def read(self, amount: int = CHUNK) -> bytes:
-        if self._done:
-            return b""
-        data = self._queue.get()
-        if isinstance(data, BaseException):
-            self._done = True
-            raise data
-        if not data:
-            self._done = True
-        return data
-
-    def close(self) -> None:
-        """Stop the reading thread; one stuck in a read ends when the caller closes the stream."""
-        self._closed.set()
-        deadline = time.monotonic() + 2.0
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-            self._thread.join(0.05)
 
 
 class Mirror:
@@ -346,12 +287,7 @@ class Mirror:
 
             try:
                 with src.open_blob(src_repo, digest) as response:
-                    body = _ReadAhead(response.raw) if size >= READ_AHEAD_MIN else response.raw
-                    try:
-                        dst.upload_blob(dst_repo, digest, body, size, location, on_bytes=count)
-                    finally:
-                        if isinstance(body, _ReadAhead):
-                            body.close()
+                    dst.upload_blob(dst_repo, digest, response.raw, size, location, on_bytes=count)
                 self.stats.add(blobs_sent=1)
                 return sent
             except (RegistryHTTPError, requests.RequestException) as exc:
