@@ -16,7 +16,7 @@ large images <= 1.25x the loopback limit; re-run: one HEAD per image each side, 
 whole command; bytes sent == unique blob bytes; peak RSS < 150 MiB.
 
     python bench/push_registry.py            # 45 small images + 3 large ones, medians of 3
-    python bench/push_registry.py --short    # same columns on a smaller set (CI)
+    python bench/push_registry.py --short    # 16 small + 1 large, one run each: same columns (CI)
     python bench/push_registry.py --profile  # also: where our process spends its time (cProfile)
 """
 
@@ -359,7 +359,7 @@ def main() -> int:
     if args.mirror:
         return mirror_main(args)
 
-    sizes = dict(small=16, large=1, scale=0.25, large_mb=48) if args.short else \
+    sizes = dict(small=16, large=1, scale=0.25, large_mb=128) if args.short else \
         dict(small=45, large=3, scale=1.0, large_mb=160)
     reps = args.reps or (1 if args.short else 3)
     probe = (64 if args.short else 256) * MiB
