@@ -82,7 +82,8 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def push(client: RegistryClient, repository: str, layers: list[tuple[bytes, str]], pushed: set[str]) -> dict[str, int]:
+def push(client: RegistryClient, repository: str, layers: list[tuple[bytes, str]],
+         pushed: set[tuple[str, str]]) -> dict[str, int]:
     """Push an image through the API; returns its blobs {digest: size}."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
                          "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]}}).encode()
@@ -91,7 +92,7 @@ def push(client: RegistryClient, repository: str, layers: list[tuple[bytes, str]
         digest = sha(blob)
         if (repository, digest) not in pushed:
             client.upload_blob(repository, digest, blob, len(blob))
-            pushed.add((repository, digest))  # type: ignore[arg-type]
+            pushed.add((repository, digest))
     body = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
             "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
                        "digest": sha(config)},
@@ -108,7 +109,7 @@ def seed(client: RegistryClient, small: int, large: int, scale: float, large_mb:
     mb = lambda n: int(n * scale * MiB)  # noqa: E731
     base = [layer("base/os", mb(24)), layer("base/packages", mb(8)), layer("openstack-base", mb(12))]
     families = {f: layer(f"{f}-base", mb(2)) for f in FAMILIES}
-    pushed: set = set()
+    pushed: set[tuple[str, str]] = set()
     sets: dict[str, tuple[list[str], int]] = {}
     blobs: dict[str, int] = {}
     repos = []

@@ -436,7 +436,7 @@ class RegistryClient:
         location: str | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> int:
-        """Stream ``body`` (``size`` bytes) as blob ``digest``; checks the digest; returns bytes sent."""
+        """Stream ``body`` (``size`` bytes) as blob ``digest`` (the registry checks the digest); bytes sent."""
         location = location or self.start_upload(repository)
         separator = "&" if "?" in location else "?"
         reader = CountingReader(io.BytesIO(body) if isinstance(body, bytes) else body, size, on_bytes)
