@@ -143,7 +143,7 @@ def fetch_token(
     challenge: Challenge,
     scope: str,
     credentials: Credentials | None,
-    verify: bool,
+    verify: bool | str,
     timeout: float,
 ) -> tuple[str, float]:
     """Ask the challenge's realm for a token covering ``scope``; returns (token, expiry time)."""

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -90,16 +91,17 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class HashingReader:
-    """A file-like view of a byte stream that hashes and counts what is read through it.
+class CountingReader:
+    """A file-like view of a byte stream that counts what is read through it.
 
     ``__len__`` lets requests send a Content-Length and stream the body instead of buffering.
+    The bytes are not hashed here: the receiving registry hashes them and refuses a blob whose
+    digest differs (400 DIGEST_INVALID), so a second hash would only cost CPU.
     """
 
     def __init__(self, stream: IO[bytes], size: int, on_bytes: Callable[[int], None] | None = None) -> None:
         self._stream = stream
         self._size = size
-        self._hash = hashlib.sha256()
         self._on_bytes = on_bytes
         self.count = 0
 
@@ -108,15 +110,10 @@ class HashingReader:
 
     def read(self, amount: int = CHUNK) -> bytes:
         data = self._stream.read(amount if amount and amount > 0 else CHUNK)
-        self._hash.update(data)
         self.count += len(data)
         if data and self._on_bytes:
             self._on_bytes(len(data))
         return data
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
 
 
 def _registry_message(response: requests.Response) -> str:
@@ -150,7 +147,7 @@ class RegistryClient:
         retries: int = 5,
         backoff: float = 0.5,
         timeout: float = 60.0,
-        pool: int = 16,
+        pool: int = 32,
     ) -> None:
         if tls not in TLS_MODES:
             raise RegistryError(f"registry {host}: unknown TLS mode {tls!r}", f"use one of {', '.join(TLS_MODES)}")
@@ -164,7 +161,16 @@ class RegistryClient:
         self.timeout = timeout
         self.tokens = TokenCache()
         self._basic = False
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # The environment is read once here, not on every request (requests' trust_env scans
+            # os.environ and ~/.netrc per call): the proxy for this registry, a CA bundle.
+            session.proxies = requests.utils.get_environ_proxies(self.base)
+            session.trust_env = False
+        self.session = session
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        # What requests is handed as ``verify``: a CA bundle from the environment, as with trust_env.
+        self._verify: bool | str = bundle if bundle and self.verify else self.verify
         adapter = _Adapter(pool_connections=pool, pool_maxsize=pool)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -192,7 +198,7 @@ class RegistryClient:
             self.tokens.forget(scope)
             try:
                 token, expires = fetch_token(
-                    self.session, challenge, scope, self.credentials, self.verify, self.timeout
+                    self.session, challenge, scope, self.credentials, self._verify, self.timeout
                 )
             except (requests.RequestException, ValueError) as exc:
                 raise self._error(
@@ -238,7 +244,7 @@ class RegistryClient:
             try:
                 response = self.session.request(
                     method, url, data=data, headers={**headers, **self._auth_header(scope)},
-                    verify=self.verify, timeout=self.timeout, **kwargs,
+                    verify=self._verify, timeout=self.timeout, **kwargs,
                 )
             except requests.exceptions.SSLError as exc:
                 raise self._error(
@@ -306,7 +312,7 @@ class RegistryClient:
     def silence(self) -> str | None:
         """Why ``/v2/`` does not answer as a v2 registry, in a few words; None when it does."""
         try:
-            response = self.session.get(self.base + "/v2/", verify=self.verify, timeout=5)
+            response = self.session.get(self.base + "/v2/", verify=self._verify, timeout=5)
         except requests.RequestException as exc:
             return why(exc)
         with response:
@@ -435,20 +441,29 @@ class RegistryClient:
         location: str | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> int:
-        """Stream ``body`` (``size`` bytes) as blob ``digest``; checks the digest; returns bytes sent."""
+        """Stream ``body`` (``size`` bytes) as blob ``digest`` (the registry checks the digest); bytes sent."""
         location = location or self.start_upload(repository)
         separator = "&" if "?" in location else "?"
-        reader = HashingReader(io.BytesIO(body) if isinstance(body, bytes) else body, size, on_bytes)
-        response = self.request(
-            "PUT", f"{location}{separator}digest={digest}", repository=repository, reference=digest,
-            scope=self._scope(repository, push=True), ok=(201,), data=reader, replayable=False,
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        reader = CountingReader(io.BytesIO(body) if isinstance(body, bytes) else body, size, on_bytes)
+        try:
+            response = self.request(
+                "PUT", f"{location}{separator}digest={digest}", repository=repository, reference=digest,
+                scope=self._scope(repository, push=True), ok=(201,), data=reader, replayable=False,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        except RegistryHTTPError as exc:
+            if exc.status == 400 and "digest" in exc.message.lower():
+                # The registry hashed what arrived and it is not the blob: a corrupt source or transfer.
+                raise self._error(
+                    f"the {reader.count} bytes sent do not hash to {digest} (the registry refused them)",
+                    "the source sent a corrupt or truncated blob; retry", 400, repository, digest, retryable=True,
+                ) from None
+            raise
         response.close()
-        if reader.digest != digest or reader.count != size:
+        if reader.count != size:
             raise self._error(
-                f"sent {reader.count} bytes hashing to {reader.digest}, expected {size} bytes of {digest}",
-                "the source sent a corrupt or truncated blob; retry", None, repository, digest, retryable=True,
+                f"sent {reader.count} bytes, expected {size} bytes of {digest}",
+                "the source sent a truncated blob; retry", None, repository, digest, retryable=True,
             )
         return reader.count
 

@@ -1,10 +1,16 @@
 """Copy images between registries, preserving digests, moving each blob at most once per run.
 
-For each image: one HEAD on each side; an equal digest means "already there". Otherwise the
-blobs are copied (skipped when the target repository has them, mounted when this run already
-put them in another repository of the target) and the exact manifest bytes are PUT, children
-of a manifest list / OCI index first. Several images are copied at once; a per-blob lock makes
-images that share base layers wait for the first copy and then mount it.
+Looking: the target's manifest HEAD first; when the tag is there, one HEAD upstream tells
+whether it is the same digest ("already there": one HEAD each side). Otherwise the source
+manifest is fetched straight away (a GET by tag gives the digest from the bytes, no HEAD).
+
+Copying, with every manifest known: each distinct blob of a target registry is sent once, to
+the first (largest) image that needs it, largest blobs first; each other image needing it
+mounts it from there (one POST answering 201). A send starts with a POST that mounts the blob
+from the receiving repository itself: 201 means it is there already (no HEAD first), 202
+opens the upload the bytes then stream into. Last, each image's manifests are PUT, children of
+a manifest list / OCI index first. One pool of workers runs it all, so small images' round
+trips overlap the large images' transfers.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -72,21 +78,43 @@ class MirrorStats:
 
 
 ClientFor = Callable[[str], RegistryClient]
-# Blobs of one image copied at once (docker push uses 5, tripleo's uploader 4).
-BLOB_WORKERS = 4
+# Requests in flight per image job (docker push sends 5 layers at once, tripleo's uploader 4):
+# the many small images are latency-bound, so the pool is wider than the image count.
+WORKERS_PER_JOB = 4
+MAX_WORKERS = 32
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Pending:
-    """An image to copy: its job, the source manifest, and its blob bytes (for ordering)."""
+    """An image to copy: its job, its manifest, the child manifests the target lacks, and the
+    distinct blobs of all of them (digest, size)."""
 
     job: CopyJob
     manifest: Manifest
+    children: list[Manifest]
+    blobs: list[tuple[str, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.blobs)
+
+
+@dataclass
+class _Send:
+    """A blob to get into a target registry once: the repository that receives it first."""
+
+    src: RegistryClient
+    dst: RegistryClient
+    src_repo: str
+    dst_repo: str
+    digest: str
     size: int
+    future: Future[int] | None = None
 
 
 class Mirror:
-    """Copies images with ``jobs`` workers; remembers which blobs each target repository has."""
+    """Copies images with ``jobs`` images' worth of workers; remembers which blobs each target
+    repository has."""
 
     def __init__(
         self,
@@ -105,23 +133,23 @@ class Mirror:
         self.stats = MirrorStats()
         # (target host, digest) → target repositories known to hold the blob in this run.
         self._holders: dict[tuple[str, str], set[str]] = {}
-        self._blob_locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
     def copy_all(self, jobs: Sequence[CopyJob]) -> list[CopyResult]:
-        """Copy every job (in parallel); results in the jobs' order. Failures are results, not raised.
-
-        First every image is looked at (HEADs, the source manifest); then the ones to copy go
-        largest first, so the big transfers overlap the many small, latency-bound ones.
-        """
+        """Copy every job (in parallel); results in the jobs' order. Failures are results, not raised."""
         if not jobs:
             return []
-        workers = min(self.jobs, len(jobs))
+        workers = min(MAX_WORKERS, self.jobs * WORKERS_PER_JOB)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror") as pool:
             looked = list(pool.map(lambda job: self._guarded(job, self._look), jobs))
             pending = sorted((item for item in looked if isinstance(item, _Pending)), key=lambda p: -p.size)
-            copied = {id(p.job): r for p, r in zip(pending, pool.map(
-                lambda item: self._guarded(item.job, lambda _: self._finish(item)), pending))}
+            sends = self._plan(pending)
+            for send in sorted(sends.values(), key=lambda s: -s.size):
+                send.future = pool.submit(self._send, send)
+            # Queued after every send: a worker takes an image only once each send has started,
+            # so an image waiting for a send never holds up the send itself.
+            finishing = [pool.submit(self._guarded, p.job, lambda _, p=p: self._finish(p, sends)) for p in pending]
+            copied = {id(p.job): f.result() for p, f in zip(pending, finishing)}
         return [copied[id(item.job)] if isinstance(item, _Pending) else item for item in looked]
 
     def _guarded(self, job: CopyJob, step: Callable[[CopyJob], CopyResult | _Pending]) -> CopyResult | _Pending:
@@ -135,38 +163,79 @@ class Mirror:
             self.on_image(result)
         return result
 
+    @staticmethod
+    def _not_found(source: ImageRef) -> RegistryHTTPError:
+        return RegistryHTTPError(
+            f"registry {source}: image not found upstream",
+            "check upstream.registry/namespace/tag, or that the image exists for this release",
+            registry=source.registry, repository=source.repository, reference=source.reference, status=404,
+        )
+
     def _look(self, job: CopyJob) -> CopyResult | _Pending:
-        """One HEAD each side (unless the job knows); an equal digest is "already there", else the
-        source manifest to copy."""
+        """The target's HEAD (unless the job knows); when the tag is there, the source's HEAD (an
+        equal digest is "already there"); else the source manifest and its children to copy."""
         src = self.client_for(job.source.registry)
         dst = self.client_for(job.target.registry)
         source, target = job.source, job.target
         digest = job.source_digest
-        if digest is None:
-            found = src.head_manifest(source.repository, source.reference)
-            if found is None:
-                raise RegistryHTTPError(
-                    f"registry {source}: image not found upstream",
-                    "check upstream.registry/namespace/tag, or that the image exists for this release",
-                    registry=source.registry, repository=source.repository, reference=source.reference, status=404,
-                )
-            digest = found[0]
         if job.target_checked:
-            present_digest = job.target_digest
+            present = job.target_digest
         else:
-            present = dst.head_manifest(target.repository, target.reference)
-            present_digest = present[0] if present else None
-        if present_digest == digest:
+            found = dst.head_manifest(target.repository, target.reference)
+            present = found[0] if found else None
+        if present is not None and digest is None:
+            head = src.head_manifest(source.repository, source.reference)
+            if head is None:
+                raise self._not_found(source)
+            digest = head[0]
+        if present is not None and present == digest:
             return CopyResult(job, ALREADY_THERE, digest, "digest matches")
-        manifest = src.get_manifest(source.repository, digest)
-        return _Pending(job, manifest, sum(int(b.get("size", 0)) for b in manifest.blobs() + manifest.children()))
+        try:
+            manifest = src.get_manifest(source.repository, digest or source.reference)
+        except RegistryHTTPError as exc:
+            if exc.status == 404:
+                raise self._not_found(source) from None
+            raise
+        children = []
+        for child in manifest.children():
+            if dst.head_manifest(target.repository, child["digest"]) is None:
+                children.append(src.get_manifest(source.repository, child["digest"]))
+        blobs: dict[str, int] = {}
+        for each in [*children, manifest]:
+            blobs.update((b["digest"], int(b.get("size", 0))) for b in each.blobs())
+        return _Pending(job, manifest, children, list(blobs.items()))
 
-    def _finish(self, pending: _Pending) -> CopyResult:
-        """Copy the blobs (and child manifests) of a looked-at image, then PUT its manifest."""
+    def _plan(self, pending: list[_Pending]) -> dict[tuple[str, str], _Send]:
+        """Each distinct blob per target registry, received first by the largest image needing it."""
+        sends: dict[tuple[str, str], _Send] = {}
+        for item in pending:
+            src = self.client_for(item.job.source.registry)
+            dst = self.client_for(item.job.target.registry)
+            for digest, size in item.blobs:
+                sends.setdefault((dst.host, digest), _Send(src, dst, item.job.source.repository,
+                                                           item.job.target.repository, digest, size))
+        return sends
+
+    def _send(self, send: _Send) -> int:
+        return self._place(send.src, send.dst, send.src_repo, send.dst_repo, send.digest, send.size)
+
+    def _finish(self, pending: _Pending, sends: dict[tuple[str, str], _Send]) -> CopyResult:
+        """Wait for the image's blobs, mount the ones another image received, PUT its manifests."""
         job, manifest = pending.job, pending.manifest
         src = self.client_for(job.source.registry)
         dst = self.client_for(job.target.registry)
-        sent = self._copy_manifest(src, dst, job.source.repository, job.target.repository, manifest)
+        sent = 0
+        for digest, size in pending.blobs:
+            send = sends[(dst.host, digest)]
+            assert send.future is not None
+            moved = send.future.result()  # a failed send fails every image that needs the blob
+            if send.dst_repo == job.target.repository:
+                sent += moved
+            else:
+                sent += self._place(src, dst, job.source.repository, job.target.repository, digest, size,
+                                    mount_from=send.dst_repo)
+        for child in pending.children:
+            dst.put_manifest(job.target.repository, child.digest, child)
         dst.put_manifest(job.target.repository, job.target.reference, manifest)
         detail = f"{sent} bytes sent" if sent else "no blob moved"
         if manifest.is_index:
@@ -174,56 +243,32 @@ class Mirror:
         log.debug("mirrored %s → %s (%s)", job.source, job.target, detail)
         return CopyResult(job, MIRRORED, manifest.digest, detail, bytes_sent=sent)
 
-    def _copy_manifest(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str,
-                       manifest: Manifest) -> int:
-        """Copy what ``manifest`` references (blobs, or child manifests by digest); bytes sent.
+    def _place(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str, digest: str,
+               size: int, mount_from: str | None = None) -> int:
+        """Make ``dst_repo`` hold ``digest``: known, mounted, present, or sent; bytes sent.
 
-        Blobs of one image go concurrently (a few at a time), like layers in docker push.
+        The POST mounts from a repository known to hold the blob, from the source repository on
+        the same registry, or else from ``dst_repo`` itself (201: already there); a 202 opens the
+        upload the blob is then streamed into.
         """
-        sent = 0
-        for child in manifest.children():
-            if dst.head_manifest(dst_repo, child["digest"]) is not None:
-                continue
-            child_manifest = src.get_manifest(src_repo, child["digest"])
-            sent += self._copy_manifest(src, dst, src_repo, dst_repo, child_manifest)
-            dst.put_manifest(dst_repo, child["digest"], child_manifest)
-        blobs = manifest.blobs()
-        if len(blobs) <= 1:
-            return sent + sum(self._copy_blob(src, dst, src_repo, dst_repo, b["digest"], int(b["size"])) for b in blobs)
-        with ThreadPoolExecutor(max_workers=min(BLOB_WORKERS, len(blobs)), thread_name_prefix="blob") as pool:
-            sizes = pool.map(lambda b: self._copy_blob(src, dst, src_repo, dst_repo, b["digest"], int(b["size"])),
-                             blobs)
-            return sent + sum(sizes)
-
-    def _lock_for(self, key: tuple[str, str]) -> threading.Lock:
-        with self._guard:
-            return self._blob_locks.setdefault(key, threading.Lock())
-
-    def _copy_blob(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str,
-                   digest: str, size: int) -> int:
-        """Make ``dst_repo`` hold ``digest``: known, mounted, present, or sent; bytes sent."""
         key = (dst.host, digest)
-        with self._lock_for(key):
+        with self._guard:
             holders = self._holders.setdefault(key, set())
             if dst_repo in holders:
                 return 0
-            location = None
-            mount_from = next(iter(sorted(holders)), None)
-            if mount_from is None and src.host == dst.host and src_repo != dst_repo:
-                mount_from = src_repo
-            if mount_from is not None:
-                location = dst.mount_blob(dst_repo, digest, mount_from)
-                if location is None:
-                    holders.add(dst_repo)
-                    self.stats.add(blobs_mounted=1)
-                    return 0
-            elif dst.has_blob(dst_repo, digest) is not None:
-                holders.add(dst_repo)
-                self.stats.add(blobs_present=1)
-                return 0
+            known = sorted(holders)
+        if mount_from is None:
+            mount_from = known[0] if known else src_repo if src.host == dst.host and src_repo != dst_repo \
+                else dst_repo
+        location = dst.mount_blob(dst_repo, digest, mount_from)
+        if location is None:
+            self.stats.add(**{"blobs_present" if mount_from == dst_repo else "blobs_mounted": 1})
+            sent = 0
+        else:
             sent = self._transfer(src, dst, src_repo, dst_repo, digest, size, location)
-            holders.add(dst_repo)
-            return sent
+        with self._guard:
+            self._holders[key].add(dst_repo)
+        return sent
 
     def _transfer(self, src: RegistryClient, dst: RegistryClient, src_repo: str, dst_repo: str, digest: str,
                   size: int, location: str | None) -> int:

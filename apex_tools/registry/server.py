@@ -143,6 +143,8 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
             )
     write_if_changed(where["pid"], f"{proc.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
+    # It usually answers within a few tens of milliseconds: poll often at first, then back off.
+    pause = 0.005
     while not client.ping():
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
@@ -155,7 +157,8 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
                 f"the local registry on {address} did not start (exit {proc.returncode}):\n  " + "\n  ".join(tail),
                 f"see {where['log']}; is the address taken, or not this machine's?",
             )
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.1)
     log.info("started the local registry on %s (pid %d, storage %s)", address, proc.pid, where["storage"])
     return LocalRegistry(address, started=True, pid=proc.pid)
 

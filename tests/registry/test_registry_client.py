@@ -60,6 +60,8 @@ def test_upload_with_wrong_digest_is_refused(registry):
     with pytest.raises(RegistryHTTPError) as caught:
         client.upload_blob("apex/x", digest_of(blob), other, len(other))
     assert caught.value.status == 400
+    assert caught.value.retryable, "a corrupt transfer is worth sending again"
+    assert "do not hash to" in caught.value.message and digest_of(blob) in caught.value.message
     assert client.has_blob("apex/x", digest_of(blob)) is None
 
 

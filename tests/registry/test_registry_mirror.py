@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -172,3 +173,53 @@ def test_a_job_that_knows_both_digests_asks_nothing():
                   source_digest=digest, target_digest=digest, target_checked=True)
     [result] = Mirror(lambda host: type("C", (), {"__getattr__": lambda self, name: no_requests(host)})()).copy_all([job])
     assert (result.status, result.digest) == (ALREADY_THERE, digest)
+
+
+def test_cold_run_round_trips_and_a_blob_already_there_is_not_sent(upstream_images, registry_factory):
+    """Cold: the source manifest is fetched without a HEAD; no blob is HEADed on the target (the
+    POST that would mount it from the repository itself answers 201 when it is there)."""
+    upstream, up_client, names = upstream_images
+    local = registry_factory("local")
+    name = names[0]
+    manifest = up_client.get_manifest(name, "current-tripleo")
+    config = manifest.blobs()[0]
+    # The target repository already holds the config blob (say, from an earlier, broken run).
+    RegistryClient(local.address, tls="http").upload_blob(
+        name, config["digest"], up_client.get_blob(name, config["digest"]), config["size"])
+    with run_proxy(upstream.url) as up_proxy, run_proxy(local.url) as proxy:
+        src = RegistryClient(up_proxy.address, tls="http")
+        dst = RegistryClient(proxy.address, tls="http")
+        jobs = [CopyJob(ImageRef.parse(f"{up_proxy.address}/{n}:current-tripleo"),
+                        ImageRef.parse(f"{proxy.address}/{n}:current-tripleo")) for n in names[:6]]
+        mirror = Mirror(_clients(src, dst), jobs=4)
+        results = mirror.copy_all(jobs)
+        assert [r.status for r in results] == [MIRRORED] * 6
+        assert mirror.stats.blobs_present == 1
+        assert mirror.stats.bytes_sent == _unique_blob_bytes(up_client, names[:6]) - config["size"]
+        assert up_proxy.count("HEAD", "/") == 0, "the target lacks the tags: GET the manifest, no HEAD"
+        assert up_proxy.count("GET", "/manifests/") == 6
+        assert proxy.count("HEAD", "/blobs/") == 0
+        assert proxy.count("HEAD", "/manifests/") == 6
+        blobs = sum(len(up_client.get_manifest(n, "current-tripleo").blobs()) for n in names[:6])
+        assert proxy.count("POST", "/blobs/uploads/") == blobs, "one POST per blob and repository"
+        # 2 base layers + 6 own layers + 6 configs, less the config already there; and 6 manifests.
+        assert proxy.count("PUT", "/blobs/uploads/") == 2 + 6 + 6 - 1
+        assert proxy.count("PUT", "/manifests/") == 6
+        assert up_proxy.count("GET", "/blobs/") == 2 + 6 + 6 - 1
+
+
+def test_a_large_blob_streams_through_whole_and_is_sent_once(registry_factory):
+    upstream, local = registry_factory("upstream"), registry_factory("local")
+    up_client = RegistryClient(upstream.address, tls="http")
+    big = (os.urandom(9 << 20), "unused")
+    names = ["apex/big0", "apex/big1"]
+    for name in names:
+        push_image(up_client, name, "current-tripleo", [big])
+    local_client = RegistryClient(local.address, tls="http")
+    mirror = Mirror(_clients(up_client, local_client), jobs=2)
+    results = mirror.copy_all(_jobs(upstream, local, names))
+    assert [r.status for r in results] == [MIRRORED] * 2
+    assert mirror.stats.bytes_sent == _unique_blob_bytes(up_client, names)
+    assert (mirror.stats.blobs_sent, mirror.stats.blobs_mounted) == (2, 2), "sent once, mounted in the other"
+    layer = local_client.get_manifest(names[1], "current-tripleo").blobs()[1]["digest"]
+    assert local_client.get_blob(names[1], layer) == big[0]
