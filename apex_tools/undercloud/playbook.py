@@ -65,19 +65,27 @@ def inventory(ssh: SSHTarget | None) -> dict[str, Any]:
             # The driver has already checked the host; the undercloud's key may change on rebuild.
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                                        "-o BatchMode=yes -o LogLevel=ERROR",
+            # No persisted control master: it would outlive the run holding ansible's output
+            # pipe open (the run would end only when it exits, 60 s later).
+            "ansible_ssh_args": "-o ControlMaster=no",
         }
     return {"all": {"hosts": {HOST: host}}}
 
 
-def first_failure(output: str) -> Failure | None:
-    """The first ``fatal:`` line of a default-callback output, with its task and message lines."""
+def final_failure(output: str) -> Failure | None:
+    """The last ``fatal:`` line of a default-callback output, with its task and message lines.
+
+    The last, not the first: a failure inside a block that its ``rescue`` recovered is not what
+    stopped the run (configure_undercloud.yaml retries the install that way).
+    """
     task = "(before any task)"
+    found = None
     for line in output.splitlines():
         if m := _TASK.match(line.strip()):
             task = m["name"]
         elif m := _FATAL.match(line.strip()):
-            return Failure(task, m["host"], m["what"].lower(), _message_lines(m["body"]))
-    return None
+            found = Failure(task, m["host"], m["what"].lower(), _message_lines(m["body"]))
+    return found
 
 
 def _message_lines(body: str) -> list[str]:
@@ -125,7 +133,7 @@ def run_playbook(
     atomic_write(log_path, done.stdout.encode())
     if done.returncode == 0:
         return done.stdout
-    failure = first_failure(done.stdout)
+    failure = final_failure(done.stdout)
     if failure is None:
         tail = "\n  ".join(done.stdout.strip().splitlines()[-TAIL:])
         raise PlaybookError(f"playbook {playbook.name} failed (exit {done.returncode}):\n  {tail}",
