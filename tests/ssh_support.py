@@ -84,6 +84,7 @@ def sshd_config(root: Path, port: int, user: str, bin_dir: Path) -> str:
         # The test's files live under /tmp, whose permissions StrictModes would refuse.
         "StrictModes no",
         "AllowTcpForwarding yes",
+        "Subsystem sftp internal-sftp",
         "PermitOpen 127.0.0.1:*",
         f"SetEnv PATH={bin_dir}:{DEFAULT_PATH}",
         "MaxStartups 50:30:100",

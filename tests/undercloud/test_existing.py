@@ -32,6 +32,7 @@ def setup(sshd, registry, tmp_path):
     return fake, options, tmp_path / "work", network
 
 
+@pytest.mark.slow
 def test_configures_for_real_then_is_up_to_date(setup):
     fake, options, work, network = setup
     planned = undercloud(RunContext(options(), dry_run=True))
@@ -79,6 +80,7 @@ def test_configures_for_real_then_is_up_to_date(setup):
     assert len(fake.calls_made()) == 3
 
 
+@pytest.mark.slow
 def test_a_failed_install_is_retried_once(setup):
     fake, options, work, _ = setup
     fake.fail.write_text("1")
@@ -89,6 +91,7 @@ def test_a_failed_install_is_retried_once(setup):
     assert "install failed on purpose" in log and log.count("installing the undercloud") == 2
 
 
+@pytest.mark.slow
 def test_a_playbook_failure_names_the_task_the_host_and_the_output(setup):
     fake, options, work, _ = setup
     fake.fail.write_text("2")
