@@ -62,7 +62,7 @@ def _playbook_digest() -> str:
 
 def undercloud(run: RunContext) -> TargetResult:
     """Provision (driver), wait for SSH, check, configure; "up to date" when nothing changed."""
-    driver = driver_for(run.options, run.registry_address)
+    driver = driver_for(run.options, run.registry_address, run.network_settings, run.os_version)
     record = run.state.load(TARGET)
     changes: list[str] = []
     items: list[Item] = []

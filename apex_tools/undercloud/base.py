@@ -82,7 +82,8 @@ class Undercloud(ABC):
     def needs_forward(self) -> bool:
         """True when this host reaches the registry only through an SSH forward."""
         mode = self.options.undercloud.forward_registry
-        if self.ssh() is None or mode == "never":
+        # Decided from the settings alone: asking a libvirt VM for its address is for later.
+        if not self.configures or mode == "never":
             return False
         if mode == "always":
             return True
@@ -95,10 +96,11 @@ class Undercloud(ABC):
         Where the registry address is not reachable from here (a NAT'd VM, a remote undercloud)
         an SSH local forward on 127.0.0.1 carries the traffic and is closed after.
         """
-        target = self.ssh()
-        if target is None or not self.needs_forward():
+        if not self.needs_forward():
             yield self.registry_address
             return
+        target = self.ssh()
+        assert target is not None  # needs_forward is False for the local driver
         host, port = split_address(self.registry_remote)
         with local_forward(target, host, port) as forward:
             self.forward = forward
