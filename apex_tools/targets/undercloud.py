@@ -62,6 +62,16 @@ def _playbook_digest() -> str:
 
 def undercloud(run: RunContext) -> TargetResult:
     """Provision (driver), wait for SSH, check, configure; "up to date" when nothing changed."""
+    try:
+        return _undercloud(run)
+    except UndercloudError as exc:
+        if not run.dry_run:
+            raise
+        # A dry run shows the whole chain's plan: where a real run would stop is part of it.
+        return TargetResult(TARGET, Status.PLANNED, [f"a real run stops here: {exc.message.splitlines()[0]}"])
+
+
+def _undercloud(run: RunContext) -> TargetResult:
     driver = driver_for(run.options, run.registry_address, run.network_settings, run.os_version)
     record = run.state.load(TARGET)
     changes: list[str] = []

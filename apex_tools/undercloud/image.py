@@ -29,6 +29,12 @@ GROW_FS = ("if command -v xfs_growfs >/dev/null 2>&1 && xfs_growfs / >/dev/null 
            "elif command -v resize2fs >/dev/null 2>&1; then resize2fs /dev/sda >/dev/null 2>&1 || true; fi")
 
 
+def disk_size_bytes(size: str) -> int:
+    """``undercloud.disk_size`` (``50G``) in bytes."""
+    units = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(size[:-1]) * units[size[-1]]
+
+
 def _virtual_size(image: Path) -> int:
     done = subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True, capture_output=True, text=True)
     return int(json.loads(done.stdout)["virtual-size"])
@@ -37,7 +43,17 @@ def _virtual_size(image: Path) -> int:
 def auth_script(user: str) -> str:
     """Shell run in the guest: the stack user, its sudo rule, the keys for root and it, cloud-init off."""
     return f"""set -e
-id -u {user} >/dev/null 2>&1 || useradd -m {user} 2>/dev/null || adduser -D {user}
+if ! id -u {user} >/dev/null 2>&1; then
+    if command -v useradd >/dev/null 2>&1; then useradd -m {user}
+    elif command -v adduser >/dev/null 2>&1; then adduser -D {user}
+    else  # a minimal image without either: the entries by hand, first free id from 1000
+        uid=1000; while grep -q "^[^:]*:[^:]*:$uid:" /etc/passwd 2>/dev/null; do uid=$((uid + 1)); done
+        echo "{user}:x:$uid:$uid::/home/{user}:/bin/sh" >> /etc/passwd
+        echo "{user}:x:$uid:" >> /etc/group
+        mkdir -p /home/{user}
+        chown $uid:$uid /home/{user}
+    fi
+fi
 mkdir -p /root/.ssh /home/{user}/.ssh /etc/sudoers.d
 cp {GUEST_STAGE}/authorized_keys /root/.ssh/authorized_keys
 cp {GUEST_STAGE}/authorized_keys /home/{user}/.ssh/authorized_keys
@@ -56,8 +72,6 @@ fi
 
 def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, work_dir: Path, user: str) -> None:
     """Copy ``source`` to ``dest`` (only when every step succeeded), grown and prepared in one launch."""
-    from apex_tools.undercloud.libvirt_vm import disk_size_bytes
-
     if not public_key.is_file():
         raise ImageError(f"public key {public_key} is missing", "undercloud.ssh_key needs its .pub beside it")
     pdir = Path(work_dir) / IMAGE_PATCHES_DIR / "undercloud"

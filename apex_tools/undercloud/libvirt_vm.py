@@ -33,6 +33,7 @@ from apex_tools.core.settings import NetworkSettings
 from apex_tools.core.state import fingerprint
 from apex_tools.core.workdir import OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
 from apex_tools.undercloud.base import Provision, SSHUndercloud
+from apex_tools.undercloud.image import prepare_image
 from apex_tools.undercloud.ssh import SSHTarget
 
 LOG = logging.getLogger(__name__)
@@ -102,11 +103,6 @@ def _networks_of(xml: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network
     return nets
 
 
-def disk_size_bytes(size: str) -> int:
-    units = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    return int(size[:-1]) * units[size[-1]]
-
-
 def is_partitioned(image: Path) -> bool:
     """True when the image's first sector carries a partition table (MBR or GPT's protective MBR)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +133,9 @@ class LibvirtUndercloud(SSHUndercloud):
             import libvirt
 
             uri = self.options.undercloud.libvirt_uri
+            # Errors come back as exceptions (with their message); libvirt's default handler
+            # would also print each one to stderr.
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             try:
                 self._conn = libvirt.open(uri)
             except libvirt.libvirtError as exc:
@@ -291,8 +290,6 @@ class LibvirtUndercloud(SSHUndercloud):
         return changes
 
     def prepare_volume(self, partitioned: bool) -> str:
-        from apex_tools.undercloud.image import prepare_image
-
         source = self.source_image()
         if not source.is_file():
             raise UndercloudError(f"undercloud image {source} is missing",

@@ -105,3 +105,161 @@ def test_missing_networks_are_planned_for_definition(tmp_path):
     assert plan.actions[:2] == ["define libvirt network admin (isolated, bridge br-admin)",
                                 "define libvirt network external (isolated, bridge br-external)"]
     assert "<source network='external'/>" in plan.data["domain_xml"]
+
+
+# -- the image, prepared by a real libguestfs launch ------------------------------------------------
+
+CHANGE = "I" + "b" * 40
+MOTD_PATCH = """\
+--- a/motd
++++ b/motd
+@@ -1 +1 @@
+-old undercloud
++patched undercloud
+"""
+
+
+@pytest.fixture(scope="module")
+def base_image():
+    from targets.test_ceph_loop import _have_tools, cached_base_image
+
+    import os
+
+    need(_have_tools(), "libguestfs-tools, qemu-utils, busybox-static and patch")
+    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+    return cached_base_image()
+
+
+def _guestfish(image: Path, script: str) -> str:
+    done = subprocess.run(["guestfish", "--ro", "-a", str(image), "-m", "/dev/sda"], input=script,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _undercloud_patch(work: Path, patch: str) -> None:
+    import json
+
+    folder = work / "image_patches" / "undercloud"
+    folder.mkdir(parents=True)
+    (folder / "01-motd.patch").write_text(patch)
+    (folder / "manifest.json").write_text(json.dumps([{
+        "project": "openstack/tripleo-common", "change_id": CHANGE, "revision": "def456",
+        "file": "01-motd.patch", "target_dir": "/etc/apex-test", "strip": 1}]))
+
+
+def _image_with_motd(base: Path, tmp_path: Path) -> Path:
+    image = tmp_path / "overcloud-full.qcow2"
+    shutil.copyfile(base, image)
+    done = subprocess.run(["guestfish", "-a", str(image), "-m", "/dev/sda"], capture_output=True, text=True,
+                          input="mkdir-p /etc/apex-test\nwrite /etc/apex-test/motd \"old undercloud\\n\"\n")
+    assert done.returncode == 0, done.stderr
+    return image
+
+
+@pytest.mark.slow
+def test_prepared_image_has_keys_stack_user_sudo_and_the_patch(base_image, tmp_path):
+    source = _image_with_motd(base_image, tmp_path)
+    key = keygen(tmp_path / "id_rsa")
+    work = tmp_path / "work"
+    _undercloud_patch(work, MOTD_PATCH)
+    dest = tmp_path / "pool" / "undercloud.qcow2"
+    prepare_image(source, dest, Path(f"{key}.pub"), "1G", work, "stack")
+    out = _guestfish(dest, "cat /root/.ssh/authorized_keys\necho @@\ncat /home/stack/.ssh/authorized_keys\n"
+                           "echo @@\ncat /etc/sudoers.d/stack\necho @@\nexists /etc/cloud/cloud-init.disabled\n"
+                           "echo @@\ncat /etc/apex-test/motd\necho @@\ngrep ^stack: /etc/passwd\necho @@\n"
+                           "exists /tmp/apex-tools-undercloud\n")
+    # guestfish ends every answer with a newline of its own.
+    root_keys, stack_keys, sudoers, cloud_init, motd, passwd, stage = (c[:-1] for c in out.split("@@\n"))
+    public = Path(f"{key}.pub").read_text()
+    assert root_keys == stack_keys == public
+    assert sudoers == "stack ALL=(ALL) NOPASSWD: ALL\n"
+    assert cloud_init == "true" and stage == "false"
+    assert motd == "patched undercloud\n"
+    assert passwd.startswith("stack:")
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(dest)], capture_output=True, text=True)
+    assert '"virtual-size": 1073741824' in info.stdout
+    assert source.stat().st_size < 1 << 30  # the source was only read
+
+
+@pytest.mark.slow
+def test_an_undercloud_patch_that_does_not_apply_fails_naming_it(base_image, tmp_path):
+    source = _image_with_motd(base_image, tmp_path)
+    key = keygen(tmp_path / "id_rsa")
+    work = tmp_path / "work"
+    _undercloud_patch(work, MOTD_PATCH.replace("-old undercloud", "-something else"))
+    dest = tmp_path / "pool" / "undercloud.qcow2"
+    with pytest.raises(Exception) as err:
+        prepare_image(source, dest, Path(f"{key}.pub"), "1G", work, "stack")
+    assert CHANGE in str(err.value) and "openstack/tripleo-common" in str(err.value)
+    assert not dest.exists()
+
+
+# -- the lifecycle on test:///default, SSH answered by the loopback sshd ------------------------------
+
+@pytest.fixture
+def test_libvirt():
+    """Hold test:///default open for the test: its state lives while a connection does."""
+    conn = libvirt.open("test:///default")
+    yield conn
+    conn.close()
+
+
+@pytest.mark.slow
+def test_define_start_up_to_date_changed_and_recreate(base_image, sshd, registry, test_libvirt, tmp_path):
+    from apex_tools.core.run import RunContext, Status
+    from apex_tools.targets.undercloud import undercloud
+    from undercloud_support import fake_undercloud, network_file
+
+    need(shutil.which("ansible-playbook") is not None, "ansible-playbook")
+    fake = fake_undercloud(sshd, tmp_path / "uc")
+    images = tmp_path / "images" / "master"
+    images.mkdir(parents=True)
+    shutil.copyfile(_image_with_motd(base_image, tmp_path), images / "overcloud-full.qcow2")
+    for name in ("overcloud-full.vmlinuz", "overcloud-full.initrd"):
+        (images / name).write_bytes(b"stand-in " + name.encode())
+    network = network_file(tmp_path / "network.yaml")
+
+    def run(memory=2048, **kw):
+        data = {"work_dir": str(tmp_path / "work"), "image_dir": str(tmp_path / "images"),
+                "network_settings": str(network), "registry": {"address": registry.address},
+                "undercloud": {"driver": "libvirt", "libvirt_uri": "test:///default", "pool": "apex-test",
+                               "pool_path": str(tmp_path / "pool"), "name": "uc-test", "memory": memory,
+                               "disk_size": "1G", "host": sshd.host, "port": sshd.port, "user": sshd.user,
+                               "ssh_key": str(sshd.key), "home": str(fake.home),
+                               "templates_dir": str(fake.templates), "ceph_ansible_dir": str(fake.ceph_ansible),
+                               "wait_timeout": 20.0}}
+        return RunContext(resolve([Layer("test", data)]).options, **kw)
+
+    planned = undercloud(run(dry_run=True))
+    assert planned.status is Status.PLANNED
+    assert planned.changes[0] == "define libvirt network admin (isolated, bridge br-admin)"
+    assert test_libvirt.listDefinedDomains() == [] or "uc-test" not in test_libvirt.listDefinedDomains()
+
+    first = undercloud(run())
+    assert first.status is Status.CHANGED, first
+    assert "defined domain uc-test" in first.changes and "started domain uc-test" in first.changes
+    dom = test_libvirt.lookupByName("uc-test")
+    assert dom.isActive()
+    xml = dom.XMLDesc(0)
+    assert "<source network='admin'/>" in xml and str(tmp_path / "pool" / "uc-test.qcow2") in xml
+    assert (tmp_path / "pool" / "overcloud-full.vmlinuz").read_bytes() == b"stand-in overcloud-full.vmlinuz"
+    assert test_libvirt.networkLookupByName("admin").isActive()
+    assert fake.calls_made() == ["undercloud install"]
+
+    again = undercloud(run())
+    assert (again.status, again.changes) == (Status.UP_TO_DATE, ["up to date"])
+
+    with pytest.raises(UndercloudError, match="definition of libvirt domain 'uc-test' changed") as err:
+        undercloud(run(memory=4096))
+    assert "-  <memory unit='MiB'>2048</memory>" in str(err.value)
+    assert "+  <memory unit='MiB'>4096</memory>" in str(err.value)
+    assert "--recreate" in err.value.hint
+    assert test_libvirt.lookupByName("uc-test").isActive()  # untouched
+
+    recreated = undercloud(run(memory=4096, recreate=True))
+    assert recreated.status is Status.CHANGED
+    assert recreated.changes[0].startswith("destroyed and undefined domain uc-test")
+    assert "<memory unit='KiB'>4194304</memory>" in test_libvirt.lookupByName("uc-test").XMLDesc(0)
+    assert undercloud(run(memory=4096)).status is Status.UP_TO_DATE
