@@ -331,24 +331,39 @@ class LibvirtUndercloud(SSHUndercloud):
         return key
 
     # -- reaching it ---------------------------------------------------------------------------
-    def lease_address(self, timeout: float) -> str:
-        """The VM's first IPv4 address from its DHCP lease on the NAT network, waited for."""
+    def _leases(self, dom: Any) -> list[str]:
+        """IPv4 addresses leased to the domain's NAT NIC: the NAT network's leases for its MAC,
+        else (drivers without lease queries) the domain's interface addresses from leases."""
         import libvirt
 
+        uc = self.options.undercloud
+        mac = stable_mac(uc.name, uc.nat_network)
+        network = self._lookup("network", uc.nat_network)
+        try:
+            if network is not None:
+                return [lease["ipaddr"] for lease in network.DHCPLeases(mac)
+                        if lease.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                return []
+        try:
+            found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        except libvirt.libvirtError:
+            return []
+        return [str(addr["addr"]) for iface in found.values() if (iface.get("hwaddr") or mac) == mac
+                for addr in iface.get("addrs") or [] if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4]
+
+    def lease_address(self, timeout: float) -> str:
+        """The VM's first IPv4 address from its DHCP lease on the NAT network, waited for."""
         dom = self._lookup_domain()
         if dom is None:
             raise UndercloudError(f"libvirt domain {self.options.undercloud.name!r} does not exist",
                                   "run the undercloud target to create it")
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
-            except libvirt.libvirtError:
-                found = {}
-            for iface in found.values():
-                for addr in iface.get("addrs") or []:
-                    if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
-                        return str(addr["addr"])
+            found = self._leases(dom)
+            if found:
+                return found[0]
             if time.monotonic() > deadline:
                 raise UndercloudError(
                     f"domain {self.options.undercloud.name}: no DHCP lease on network "
@@ -357,8 +372,10 @@ class LibvirtUndercloud(SSHUndercloud):
             time.sleep(2)
 
     def wait(self, on_wait: Any = None) -> None:
-        # The lease first (the VM booted and asked for an address), then SSH answering.
-        self._address = self.lease_address(self.options.undercloud.wait_timeout)
+        # The lease first (the VM booted and asked for an address), then SSH answering;
+        # with undercloud.host set, that address is used and no lease is asked for.
+        if not self.options.undercloud.host:
+            self._address = self.lease_address(self.options.undercloud.wait_timeout)
         super().wait(on_wait)
 
     def ssh(self) -> SSHTarget:

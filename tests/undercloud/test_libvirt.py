@@ -202,7 +202,19 @@ def test_an_undercloud_patch_that_does_not_apply_fails_naming_it(base_image, tmp
 def test_libvirt():
     """Hold test:///default open for the test: its state lives while a connection does."""
     conn = libvirt.open("test:///default")
+    before = {d.name() for d in conn.listAllDomains()}, {n.name() for n in conn.listAllNetworks()}
     yield conn
+    # Other connections (drivers the test made) may still be open: leave the shared state as found.
+    for dom in conn.listAllDomains():
+        if dom.name() not in before[0]:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    for net in conn.listAllNetworks():
+        if net.name() not in before[1]:
+            if net.isActive():
+                net.destroy()
+            net.undefine()
     conn.close()
 
 
@@ -263,3 +275,14 @@ def test_define_start_up_to_date_changed_and_recreate(base_image, sshd, registry
     assert recreated.changes[0].startswith("destroyed and undefined domain uc-test")
     assert "<memory unit='KiB'>4194304</memory>" in test_libvirt.lookupByName("uc-test").XMLDesc(0)
     assert undercloud(run(memory=4096)).status is Status.UP_TO_DATE
+
+
+def test_the_address_comes_from_the_lease_on_the_nat_network(test_libvirt, tmp_path):
+    driver = driver_for(_options(tmp_path, name="uc-lease"), "192.0.2.1:8787", _network_settings())
+    with pytest.raises(UndercloudError, match="libvirt domain 'uc-lease' does not exist"):
+        driver.lease_address(1)
+    # Only the NAT NIC: test:///default leases addresses on networks that have one.
+    xml = render_domain("uc-lease", 1024, 1, False, tmp_path / "uc.qcow2", ["default"])
+    test_libvirt.defineXML(xml).create()
+    address = driver.lease_address(5)  # never contacted: test:///default's fake lease
+    assert address.startswith("192.168.122.")
