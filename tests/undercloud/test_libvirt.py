@@ -286,3 +286,16 @@ def test_the_address_comes_from_the_lease_on_the_nat_network(test_libvirt, tmp_p
     test_libvirt.defineXML(xml).create()
     address = driver.lease_address(5)  # never contacted: test:///default's fake lease
     assert address.startswith("192.168.122.")
+
+
+def test_a_dry_run_plans_where_a_real_run_stops(tmp_path):
+    from apex_tools.core.run import RunContext, Status
+    from apex_tools.targets.undercloud import undercloud
+
+    options = _options(tmp_path, libvirt_uri="test:///nonexistent/unknown.xml")
+    planned = undercloud(RunContext(options, dry_run=True))
+    assert planned.status is Status.PLANNED
+    assert planned.changes[0].startswith("a real run stops here: undercloud.libvirt_uri: cannot connect to "
+                                         "test:///nonexistent/unknown.xml")
+    with pytest.raises(UndercloudError, match="cannot connect"):
+        undercloud(RunContext(options))
