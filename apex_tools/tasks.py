@@ -76,11 +76,12 @@ def run_targets(
     json: bool = False,
     flags: dict[str, Any] | None = None,
     layers: Sequence[Layer] = (),
+    recreate: bool = False,
 ) -> list[TargetResult]:
     """Run ``names`` in order under the work-dir lock, stop at the first failure, print the summary."""
     try:
         options = options_from(c.config, os.environ, flags, layers).options
-        run = RunContext(options, force=force, dry_run=dry_run)
+        run = RunContext(options, force=force, dry_run=dry_run, recreate=recreate)
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
         if "deploy" in names:  # the inventory too, and HA's three controllers, before hours of work
@@ -140,13 +141,15 @@ def fetch_images(
                 flags={"no_fetch": no_fetch or None})
 
 
-@task(help=_help())
+@task(help=_help(recreate="libvirt: destroy, undefine and rebuild an undercloud VM whose definition changed "
+                          "(its volume is removed)."))
 def undercloud(
-    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
-    json: bool = False,
+    c: Context, force: bool = False, recreate: bool = False, dry_run: bool = False, verbose: bool = False,
+    quiet: bool = False, json: bool = False,
 ) -> None:
-    """Create, start and configure the undercloud."""
-    run_targets(c, ["undercloud"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+    """Create, start and configure the undercloud (libvirt VM, existing host over SSH, or this host)."""
+    run_targets(c, ["undercloud"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                recreate=recreate)
 
 
 @task(help=_help(no_fetch="Use the cached Gerrit patches and upstream lookups only; never contact them."))

@@ -104,10 +104,11 @@ def test_placeholder_plans_in_a_dry_run_and_fails_a_real_run():
 
 
 def test_a_failing_target_stops_the_chain_with_a_clean_message(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "APEX_WORK_DIR": str(tmp_path / "work"), "APEX_IMAGE_DIR": str(tmp_path / "img")}
+    env = {"PATH": "/usr/bin:/bin", "APEX_WORK_DIR": str(tmp_path / "work"), "APEX_IMAGE_DIR": str(tmp_path / "img"),
+           "APEX_UNDERCLOUD_DRIVER": "existing"}
     result = cli("apex", "undercloud", env=env)
     assert result.returncode == 1
-    assert "apex: undercloud: this target is not built yet" in result.stderr
+    assert "apex: undercloud.host is empty (the existing driver needs it)" in result.stderr
     assert "Traceback" not in result.stderr
     assert (tmp_path / "work" / "apex.log").is_file()
 

@@ -102,6 +102,29 @@ DEFAULTS: dict[str, Any] = {
         "ssh_key": "~/.ssh/id_rsa",
         # Seconds the target waits for the VM's lease and SSH before failing.
         "wait_timeout": 600.0,
+        # Seconds configure_undercloud.yaml (with `openstack undercloud install`) may take.
+        "playbook_timeout": 7200.0,
+        # The login user's home on the undercloud (undercloud.conf, stackrc); "" = the user's own.
+        "home": "",
+        # Where TripleO's heat templates and ceph-ansible live on the undercloud.
+        "templates_dir": "/usr/share/openstack-tripleo-heat-templates",
+        "ceph_ansible_dir": "/usr/share/ceph-ansible",
+        # push-registry reaches the undercloud's registry through an SSH local forward:
+        # auto = for the libvirt and existing drivers unless the registry address is this
+        # host's; always; never. `registry_remote` is the forward's far end as the undercloud
+        # reaches it ("" = the registry address).
+        "forward_registry": "auto",
+        "registry_remote": "",
+        # libvirt: the domain, its size, the storage pool (defined at pool_path when missing),
+        # the connection and the NAT network the first NIC (and SSH) uses.
+        "name": "undercloud",
+        "memory": 10240,
+        "vcpus": 4,
+        "disk_size": "50G",
+        "pool": "default",
+        "pool_path": "/var/lib/libvirt/images",
+        "libvirt_uri": "qemu:///system",
+        "nat_network": "default",
     },
     # deploy: `timeout` minutes for `openstack overcloud deploy`; `libvirt_type` kvm | qemu
     # ("" = kvm on baremetal, and for VMs only where this host's /dev/kvm is usable and nested);
@@ -198,6 +221,20 @@ class UndercloudOptions(_Strict):
     port: int = Field(ge=1, le=65535)
     ssh_key: str
     wait_timeout: float = Field(gt=0)
+    playbook_timeout: float = Field(gt=0)
+    home: str = Field(pattern=r"^(/.*)?$")
+    templates_dir: str = Field(pattern=r"^/")
+    ceph_ansible_dir: str = Field(pattern=r"^/")
+    forward_registry: Literal["auto", "always", "never"]
+    registry_remote: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    memory: int = Field(ge=1024)
+    vcpus: int = Field(ge=1, le=256)
+    disk_size: str = Field(pattern=r"^[1-9][0-9]*[MGT]$")
+    pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    pool_path: str = Field(pattern=r"^/")
+    libvirt_uri: str = Field(min_length=1)
+    nat_network: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
     @property
     def key_path(self) -> Path:

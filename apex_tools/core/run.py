@@ -94,6 +94,8 @@ class RunContext:
     options: Options
     force: bool = False
     dry_run: bool = False
+    # undercloud: destroy and rebuild the undercloud VM whose definition changed (never implied by force).
+    recreate: bool = False
     progress: ProgressFactory = null_progress
 
     @cached_property

@@ -24,6 +24,11 @@ IPA_TAR = "ironic-python-agent.tar"
 UNDERCLOUD_QCOW2 = "undercloud.qcow2"
 OVERCLOUD_QCOW2 = "overcloud-full.qcow2"
 
+# undercloud → work_dir/undercloud/: the playbook's output, the fetched install log
+UNDERCLOUD_DIR = "undercloud"
+CONFIGURE_LOG = "configure_undercloud.log"
+INSTALL_LOG = "apex-undercloud-install.log"
+
 # patch-containers → work_dir/
 CONTAINERS_DIR = "containers"
 PATCH_ARCHIVE = "docker_patches.tar.gz"

@@ -139,12 +139,12 @@ def _check_image(client: RegistryClient, ref: ImageRef, seen_as: str) -> list[Pr
 def check_undercloud(undercloud: Undercloud) -> list[Problem]:
     """The undercloud runs a command."""
     try:
-        done = undercloud.run_command("true", timeout=30.0)
+        done = undercloud.run("true", timeout=30.0)
     except ApexError as exc:
         return [Problem("undercloud", f"the undercloud ({undercloud.name}) does not answer: {exc.message}",
                         "start it, or fix undercloud.host / undercloud.port / undercloud.ssh_key")]
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+    if done.status != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.status}"]
         return [Problem("undercloud", f"the undercloud ({undercloud.name}) does not answer: {said[0]}",
                         "start it, or fix undercloud.host / undercloud.port / undercloud.user / undercloud.ssh_key")]
     return []

@@ -24,9 +24,9 @@ def stack_home(undercloud: Undercloud, setting: str) -> str:
     if setting:
         return setting.rstrip("/") or "/"
     user = undercloud.options.undercloud.user
-    found = undercloud.run_command(f"getent passwd {shlex.quote(user)} | cut -d: -f6")
+    found = undercloud.run(f"getent passwd {shlex.quote(user)} | cut -d: -f6")
     home = found.stdout.strip()
-    if found.returncode != 0 or not home:
+    if found.status != 0 or not home:
         raise UndercloudError(f"the undercloud has no user {user!r} (no home directory found)",
                               "set undercloud.user to the stack user, or deploy.stack_home to its home")
     return home
@@ -34,9 +34,9 @@ def stack_home(undercloud: Undercloud, setting: str) -> str:
 
 def stack_status(undercloud: Undercloud, stackrc: str) -> str | None:
     """The overcloud stack's status (``CREATE_COMPLETE``, ``UPDATE_FAILED``, ...), None when there is none."""
-    done = undercloud.run_command(
-        f"source {shlex.quote(stackrc)} && openstack stack show {STACK} -f value -c stack_status", timeout=120.0)
-    if done.returncode == 0:
+    done = undercloud.run(
+        f". {shlex.quote(stackrc)} && openstack stack show {STACK} -f value -c stack_status", timeout=120.0)
+    if done.status == 0:
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else None
     said = (done.stderr + done.stdout).strip()
     if "not found" in said.lower():
@@ -47,7 +47,7 @@ def stack_status(undercloud: Undercloud, stackrc: str) -> str | None:
 
 def undercloud_templates(undercloud: Undercloud, os_version: str, work_dir: Path) -> tuple[HeatTemplates, str]:
     """The undercloud's own tripleo-heat-templates when it has them, else the bundled facts; and which."""
-    if undercloud.run_command(f"test -d {THT_ROOT}").returncode != 0:
+    if undercloud.run(f"test -d {THT_ROOT}").status != 0:
         return heat_templates(os_version), f"bundled tripleo-heat-templates facts for {os_version}"
     ssh = undercloud.ssh()
     if ssh is None:

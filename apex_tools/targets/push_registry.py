@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from apex_tools.builders import Builder
@@ -44,6 +44,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, write_if_changed
 from apex_tools.core.workdir import CONTAINERS_DIR, IMAGE_LISTS, PARAMETER_FILE, PATCH_CONTAINERS, PUSH_REGISTRY
 from apex_tools.registry.clients import Clients
+from apex_tools.undercloud.drivers import driver_for
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,17 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
         return list(pool.map(head, images))
 
 
-def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str | None) -> str:
-    """The inputs that matter: each image's names, upstream digest and parameters; rebuild keys."""
+def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str | None, named: str) -> str:
+    """The inputs that matter: each image's names, upstream digest and parameters; rebuild keys.
+
+    Local names use ``named`` (the registry as the undercloud names it), not the address the
+    traffic took, which is a fresh port when it goes through an SSH forward.
+    """
     return fingerprint({
-        "images": [(str(h.image.source), str(h.image.target), h.upstream, h.image.parameters) for h in heads],
-        "rebuilds": [(a.rebuild.image, str(a.key) if a.key else None, a.action == SKIP) for a in actions],
+        "images": [(str(h.image.source), str(h.image.target.with_registry(named)), h.upstream, h.image.parameters)
+                   for h in heads],
+        "rebuilds": [(a.rebuild.image, str(a.key.with_registry(named)) if a.key else None, a.action == SKIP)
+                     for a in actions],
         "insecure": insecure,
     })
 
@@ -104,6 +111,8 @@ class _Check:
     silent: dict[str, str]  # upstream host -> why it does not answer
     insecure: str | None
     fp: str
+    # The registry as the undercloud names it (the files say this); the traffic may go elsewhere.
+    named: str
 
     @property
     def to_copy(self) -> list[_Head]:
@@ -133,12 +142,13 @@ class _BaseDigests:
         return found[0] if found else None
 
 
-def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _BaseDigests]:
+def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tuple[_Check, _BaseDigests]:
     """One HEAD per image on each side, the rebuild keys; raises when an upstream is silent (not in a dry run)."""
     options = run.options
     local = clients(naming.local_registry)
     images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
-    registry_action = plan_local_registry(local.host, local, options.registry.start)
+    # Through a forward the registry is the undercloud's: never one to start here.
+    registry_action = plan_local_registry(local.host, local, options.registry.start and local.host == named)
     asked = {host: clients(host).silence() for host in sorted({i.source.registry for i in images})}
     silent = {host: reason for host, reason in asked.items() if reason is not None}
     if silent and not run.dry_run:
@@ -152,9 +162,9 @@ def _check(run: RunContext, clients: Clients, naming: Naming) -> tuple[_Check, _
     bases = _BaseDigests(heads, local, registry_action is None)
     actions = plan_rebuilds(rebuilds, local, bases) if registry_action is None else [
         RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
-    insecure = local.host if options.registry.tls_mode != "verify" else None
+    insecure = named if options.registry.tls_mode != "verify" else None
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
-                   _fingerprint(heads, actions, insecure))
+                   _fingerprint(heads, actions, insecure, named), named)
     return check, bases
 
 
@@ -177,15 +187,19 @@ def push_registry(run: RunContext) -> TargetResult:
     """Mirror, rebuild, write the lists and the parameter file (check → plan → apply)."""
     options = run.options
     work_dir = Path(options.work_dir)
-    naming = naming_of(run)
-    clients = Clients(options, naming.local_registry)
-    outputs = [work_dir / name for name in (*IMAGE_LISTS, PARAMETER_FILE)]
-    check, bases = _check(run, clients, naming)
-    if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
-        return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
-    if run.dry_run:
-        return TargetResult(TARGET, Status.PLANNED, _plan(check, naming.local_registry, outputs))
-    return _apply(run, clients, check, bases, outputs)
+    # The undercloud's driver says how this host reaches the registry (an SSH forward for a
+    # NAT'd VM or a remote undercloud); the files still name it as the undercloud does.
+    driver = driver_for(options, run.registry_address)
+    with driver.reachable_registry() as reachable:
+        naming = replace(naming_of(run), local_registry=reachable)
+        clients = Clients(options, naming.local_registry)
+        outputs = [work_dir / name for name in (*IMAGE_LISTS, PARAMETER_FILE)]
+        check, bases = _check(run, clients, naming, run.registry_address)
+        if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
+            return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
+        if run.dry_run:
+            return TargetResult(TARGET, Status.PLANNED, _plan(check, naming.local_registry, outputs))
+        return _apply(run, clients, check, bases, outputs)
 
 
 def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests, outputs: list[Path]) -> TargetResult:
@@ -193,7 +207,8 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     options = run.options
     local = clients(clients.local)
     changes: list[str] = []
-    started = ensure_local_registry(local.host, Path(options.work_dir), local, options.registry.start)
+    started = ensure_local_registry(local.host, Path(options.work_dir), local,
+                                    options.registry.start and local.host == check.named)
     if started.started:
         changes.append(f"started the local registry on {local.host} (pid {started.pid})")
     results = _mirror(run, clients, check.heads)
@@ -211,8 +226,8 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         # Only now can the rebuilds be looked up; the fingerprint follows their keys.
         bases.answering = True
         actions = plan_rebuilds(check.rebuilds, local, bases)
-        fp = _fingerprint(check.heads, actions, check.insecure)
-    done = apply_rebuilds(actions, _builder(options, check.insecure), local) if actions else []
+        fp = _fingerprint(check.heads, actions, check.insecure, check.named)
+    done = apply_rebuilds(actions, _builder(options, check.insecure and local.host), local) if actions else []
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
@@ -225,13 +240,15 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
 
     refs = parameter_refs(check.images, rebuilt)
     _check_present(refs, clients)
-    files = {**image_lists(check.images), PARAMETER_FILE: parameter_file(refs, check.insecure)}
+    named_images = [replace(i, target=i.target.with_registry(check.named)) for i in check.images]
+    named_refs = {p: ref.with_registry(check.named) for p, ref in refs.items()}
+    files = {**image_lists(named_images), PARAMETER_FILE: parameter_file(named_refs, check.insecure)}
     written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
     if written:
         changes.append(f"wrote {', '.join(written)}")
     run.state.save(TARGET, fp, outputs=outputs, data={
-        "registry": local.host,
-        "images": {str(h.image.target): h.upstream for h in check.heads},
+        "registry": check.named,
+        "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},
         "rebuilt": sorted(rebuilt),
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)

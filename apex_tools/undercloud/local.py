@@ -10,6 +10,7 @@ class LocalUndercloud(Undercloud):
     """Playbooks run with a local connection; the registry is this host's."""
 
     name = "local"
+    configures = False
 
     def ssh(self) -> SSHTarget | None:
         return None

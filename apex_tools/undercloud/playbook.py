@@ -69,15 +69,20 @@ def inventory(ssh: SSHTarget | None) -> dict[str, Any]:
     return {"all": {"hosts": {HOST: host}}}
 
 
-def first_failure(output: str) -> Failure | None:
-    """The first ``fatal:`` line of a default-callback output, with its task and message lines."""
+def final_failure(output: str) -> Failure | None:
+    """The last ``fatal:`` line of a default-callback output, with its task and message lines.
+
+    The last, not the first: a failure inside a block that its ``rescue`` recovered is not what
+    stopped the run (configure_undercloud.yaml retries the install that way).
+    """
     task = "(before any task)"
+    found = None
     for line in output.splitlines():
         if m := _TASK.match(line.strip()):
             task = m["name"]
         elif m := _FATAL.match(line.strip()):
-            return Failure(task, m["host"], m["what"].lower(), _message_lines(m["body"]))
-    return None
+            found = Failure(task, m["host"], m["what"].lower(), _message_lines(m["body"]))
+    return found
 
 
 def _message_lines(body: str) -> list[str]:
@@ -106,7 +111,10 @@ def run_playbook(
     if shutil.which("ansible-playbook") is None:
         raise PlaybookError("ansible-playbook is not installed", "apt-get install ansible-core")
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
-           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "0", "PYTHONUNBUFFERED": "1"}
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "0", "PYTHONUNBUFFERED": "1",
+           # Modules go through the SSH session's stdin, not a file copied over first: one
+           # connection a task instead of three (the undercloud's sudoers has no requiretty).
+           "ANSIBLE_PIPELINING": "1"}
     with tempfile.TemporaryDirectory(prefix="apex-ansible-") as tmp:
         inv = Path(tmp) / "inventory.json"
         inv.write_text(json.dumps(inventory(ssh)))
@@ -125,7 +133,7 @@ def run_playbook(
     atomic_write(log_path, done.stdout.encode())
     if done.returncode == 0:
         return done.stdout
-    failure = first_failure(done.stdout)
+    failure = final_failure(done.stdout)
     if failure is None:
         tail = "\n  ".join(done.stdout.strip().splitlines()[-TAIL:])
         raise PlaybookError(f"playbook {playbook.name} failed (exit {done.returncode}):\n  {tail}",

@@ -1,0 +1,386 @@
+"""The ``libvirt`` driver: the undercloud is a VM on this host, as in Apex's virtual deployments.
+
+The domain and the Apex networks are rendered from Jinja2 templates in ``build/undercloud/``.
+The rendered domain XML is the definition whose fingerprint the target records: the same
+definition with a running VM is "up to date"; a changed one stops with the difference unless
+``--recreate`` (which says first that it destroys, undefines and removes the volume). An
+existing network with another definition, or one whose CIDR clashes with the admin network,
+is an error naming both, never redefined.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import logging
+import os
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from apex_tools.core.config import Options
+from apex_tools.core.errors import UndercloudError
+from apex_tools.core.resources import data_path
+from apex_tools.core.settings import NetworkSettings
+from apex_tools.core.state import fingerprint
+from apex_tools.core.workdir import OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
+from apex_tools.undercloud.base import Provision, SSHUndercloud
+from apex_tools.undercloud.image import prepare_image
+from apex_tools.undercloud.ssh import SSHTarget
+
+LOG = logging.getLogger(__name__)
+
+DOMAIN_TEMPLATE = "domain.xml.j2"
+NETWORK_TEMPLATE = "network.xml.j2"
+
+
+@dataclass(frozen=True)
+class Nic:
+    network: str
+    mac: str
+
+
+def stable_mac(domain: str, network: str) -> str:
+    """A locally administered MAC (libvirt's 52:54:00 prefix) derived from the domain and network names."""
+    digest = hashlib.sha256(f"{domain}/{network}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_path("build", "undercloud"))),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              autoescape=True, keep_trailing_newline=True)
+
+
+def render_domain(name: str, memory: int, vcpus: int, kvm: bool, volume: Path, networks: list[str],
+                  kernel: Path | None = None, initrd: Path | None = None) -> str:
+    """The domain XML: one NIC per network (NAT first), stable MACs, direct kernel boot when given."""
+    nics = [Nic(net, stable_mac(name, net)) for net in networks]
+    return _env().get_template(DOMAIN_TEMPLATE).render(
+        name=name, memory=memory, vcpus=vcpus, domain_type="kvm" if kvm else "qemu", volume=str(volume),
+        nics=nics, kernel=str(kernel) if kernel else "", initrd=str(initrd) if initrd else "")
+
+
+def render_network(name: str) -> str:
+    """An isolated Apex network (admin, external) with its own bridge."""
+    return _env().get_template(NETWORK_TEMPLATE).render(name=name, bridge=f"br-{name}"[:15])
+
+
+def kvm_usable() -> bool:
+    """True when /dev/kvm can be opened (else the domain runs under TCG, type qemu)."""
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def external_enabled(ns: NetworkSettings) -> bool:
+    """Whether the network settings enable the external network (Apex: a list of one mapping)."""
+    ext = ns.networks.external
+    first = ext[0] if isinstance(ext, list) and ext else ext
+    return bool(isinstance(first, dict) and first.get("enabled", False))
+
+
+def _shape(xml: str) -> dict[str, Any]:
+    """What makes two network definitions the same for us: forward mode and addresses."""
+    root = ET.fromstring(xml)
+    forward = root.find("forward")
+    ips = sorted(f"{ip.get('address')}/{ip.get('prefix') or ip.get('netmask')}" for ip in root.findall("ip"))
+    return {"forward": forward.get("mode", "nat") if forward is not None else None, "ips": ips}
+
+
+def _networks_of(xml: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for ip in ET.fromstring(xml).findall("ip"):
+        mask = ip.get("prefix") or ip.get("netmask")
+        if ip.get("address") and mask:
+            nets.append(ipaddress.ip_network(f"{ip.get('address')}/{mask}", strict=False))
+    return nets
+
+
+def is_partitioned(image: Path) -> bool:
+    """True when the image's first sector carries a partition table (MBR or GPT's protective MBR)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sector0"
+        subprocess.run(["qemu-img", "dd", "-O", "raw", "bs=512", "count=1", f"if={image}", f"of={out}"],
+                       check=True, capture_output=True)
+        data = out.read_bytes()
+    return len(data) >= 512 and data[510:512] == b"\x55\xaa"
+
+
+class LibvirtUndercloud(SSHUndercloud):
+    """A VM on this host; its address comes from its DHCP lease on the NAT network (or undercloud.host)."""
+
+    name = "libvirt"
+
+    def __init__(self, options: Options, registry_address: str, network_settings: NetworkSettings | None = None,
+                 os_version: str = "master") -> None:
+        super().__init__(options, registry_address)
+        self.network_settings = network_settings
+        self.os_version = os_version
+        self._conn: Any = None
+        self._address: str | None = None
+
+    # -- libvirt ---------------------------------------------------------------------------
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            import libvirt
+
+            uri = self.options.undercloud.libvirt_uri
+            # Errors come back as exceptions (with their message); libvirt's default handler
+            # would also print each one to stderr.
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            try:
+                self._conn = libvirt.open(uri)
+            except libvirt.libvirtError as exc:
+                raise UndercloudError(f"undercloud.libvirt_uri: cannot connect to {uri}: {exc}",
+                                      "start libvirtd (or mount its socket), or set undercloud.libvirt_uri") from None
+        return self._conn
+
+    def _lookup(self, kind: str, name: str) -> Any:
+        import libvirt
+
+        try:
+            return getattr(self.conn, f"{kind}LookupByName")(name)
+        except libvirt.libvirtError:
+            return None
+
+    def _lookup_domain(self) -> Any:
+        import libvirt
+
+        try:
+            return self.conn.lookupByName(self.options.undercloud.name)
+        except libvirt.libvirtError:
+            return None
+
+    # -- what the VM is made of --------------------------------------------------------------
+    def apex_networks(self) -> list[str]:
+        nets = ["admin"]
+        if self.network_settings is not None and external_enabled(self.network_settings):
+            nets.append("external")
+        return nets
+
+    def volume_path(self) -> Path:
+        return Path(self.options.undercloud.pool_path) / f"{self.options.undercloud.name}.qcow2"
+
+    def source_image(self) -> Path:
+        folder = artifact_dir(self.options, self.os_version)
+        cached = folder / UNDERCLOUD_QCOW2
+        return cached if (self.options.fetch.undercloud_image or cached.is_file()) else folder / OVERCLOUD_QCOW2
+
+    def boot_files(self, partitioned: bool) -> tuple[Path | None, Path | None]:
+        """overcloud-full's kernel and initrd beside the volume for a partition-less image."""
+        if partitioned:
+            return None, None
+        pool = Path(self.options.undercloud.pool_path)
+        return pool / "overcloud-full.vmlinuz", pool / "overcloud-full.initrd"
+
+    def domain_xml(self, partitioned: bool = False) -> str:
+        uc = self.options.undercloud
+        kernel, initrd = self.boot_files(partitioned)
+        return render_domain(uc.name, uc.memory, uc.vcpus, kvm_usable() and uc.libvirt_uri.startswith("qemu"),
+                             self.volume_path(), [uc.nat_network, *self.apex_networks()], kernel, initrd)
+
+    # -- the check ---------------------------------------------------------------------------
+    def check_networks(self) -> list[str]:
+        """Networks to define; raises when an existing one differs or clashes with the admin CIDR."""
+        to_define = []
+        for net in self.apex_networks():
+            wanted = render_network(net)
+            found = self._lookup("network", net)
+            if found is None:
+                to_define.append(net)
+                continue
+            have = found.XMLDesc(0)
+            if _shape(have) != _shape(wanted):
+                raise UndercloudError(
+                    f"libvirt network {net!r} exists with another definition:\n  existing: {_shape(have)}\n"
+                    f"  wanted:   {_shape(wanted)}",
+                    f"remove it (virsh net-destroy {net}; virsh net-undefine {net}) or make it isolated; "
+                    "apex never redefines a network",
+                )
+        if self.network_settings is not None:
+            admin = self.network_settings.admin.cidr
+            for other in self.conn.listAllNetworks():
+                for cidr in _networks_of(other.XMLDesc(0)):
+                    if cidr.version == admin.version and cidr.overlaps(admin):
+                        raise UndercloudError(
+                            f"the admin network {admin} clashes with libvirt network {other.name()!r} ({cidr})",
+                            "change networks.admin.cidr in the network settings, or that libvirt network",
+                        )
+        return to_define
+
+    def plan_provision(self, recorded: Mapping[str, Any] | None, recreate: bool) -> Provision:
+        recorded = recorded or {}
+        partitioned = bool(recorded.get("partitioned", False))
+        source = self.source_image()
+        if source.is_file():
+            partitioned = is_partitioned(source)
+        xml = self.domain_xml(partitioned)
+        fp = fingerprint({"domain": xml})
+        plan = Provision(fingerprint=fp, data={"domain_xml": xml, "partitioned": partitioned})
+        networks = self.check_networks()
+        plan.steps += [f"network:{n}" for n in networks]
+        plan.actions += [f"define libvirt network {n} (isolated, bridge br-{n})" for n in networks]
+        dom = self._lookup_domain()
+        name = self.options.undercloud.name
+        create = [f"prepare volume {self.volume_path()} from {source.name} ({self.options.undercloud.disk_size}, "
+                  "SSH keys, stack user, cloud-init off, undercloud patches)",
+                  f"define domain {name} and start it"]
+        if dom is None:
+            plan.steps += ["volume", "define", "start"]
+            plan.actions += create
+            return plan
+        old = recorded.get("domain_xml")
+        if old != xml:
+            if not recreate:
+                if old is None:
+                    raise UndercloudError(
+                        f"libvirt domain {name!r} exists but this work dir did not create it",
+                        "re-run with --recreate to destroy, undefine and replace it (its volume is removed), "
+                        "or set undercloud.name to another name")
+                diff = "".join(difflib.unified_diff(old.splitlines(True), xml.splitlines(True), "recorded", "wanted"))
+                raise UndercloudError(f"the definition of libvirt domain {name!r} changed:\n{diff}",
+                                      "re-run with --recreate to destroy, undefine and rebuild it (its volume is removed)")
+            plan.steps += ["destroy", "volume", "define", "start"]
+            plan.actions += [f"--recreate: destroy and undefine domain {name} and remove its volume "
+                             f"{self.volume_path()}", *create]
+            return plan
+        if not dom.isActive():
+            plan.steps.append("start")
+            plan.actions.append(f"start domain {name} (defined, not running)")
+        return plan
+
+    # -- apply -------------------------------------------------------------------------------
+    def provision(self, plan: Provision, progress: Any) -> list[str]:
+        changes = []
+        name = self.options.undercloud.name
+        for step in plan.steps:
+            if step.startswith("network:"):
+                net = step.split(":", 1)[1]
+                network = self.conn.networkDefineXML(render_network(net))
+                network.setAutostart(True)
+                network.create()
+                changes.append(f"defined and started libvirt network {net}")
+            elif step == "destroy":
+                dom = self._lookup_domain()
+                LOG.warning("--recreate: destroying domain %s and removing its volume %s", name, self.volume_path())
+                if dom is not None:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+                self.volume_path().unlink(missing_ok=True)
+                changes.append(f"destroyed and undefined domain {name}, removed {self.volume_path()}")
+            elif step == "volume":
+                changes.append(self.prepare_volume(bool(plan.data.get("partitioned"))))
+            elif step == "define":
+                self.conn.defineXML(plan.data["domain_xml"])
+                changes.append(f"defined domain {name}")
+            elif step == "start":
+                dom = self._lookup_domain()
+                if not dom.isActive():
+                    dom.create()
+                changes.append(f"started domain {name}")
+        return changes
+
+    def prepare_volume(self, partitioned: bool) -> str:
+        source = self.source_image()
+        if not source.is_file():
+            raise UndercloudError(f"undercloud image {source} is missing",
+                                  "run fetch-images first (fetch.undercloud_image for undercloud.qcow2)")
+        key = self.ensure_key()
+        dest = self.volume_path()
+        prepare_image(source, dest, Path(f"{key}.pub"), self.options.undercloud.disk_size,
+                      self.options.work_dir, self.options.undercloud.user)
+        if not partitioned:
+            for src, dst in zip((source.with_suffix(".vmlinuz"), source.with_suffix(".initrd")), self.boot_files(False)):
+                if src.is_file() and dst is not None:
+                    dst.write_bytes(src.read_bytes())
+        self._refresh_pool()
+        return f"prepared volume {dest} from {source.name}"
+
+    def _refresh_pool(self) -> None:
+        import libvirt
+
+        uc = self.options.undercloud
+        pool = self._lookup("storagePool", uc.pool)
+        if pool is None:
+            xml = f"<pool type='dir'><name>{uc.pool}</name><target><path>{uc.pool_path}</path></target></pool>"
+            pool = self.conn.storagePoolDefineXML(xml, 0)
+            pool.setAutostart(True)
+        try:
+            if not pool.isActive():
+                pool.create()
+            pool.refresh(0)
+        except libvirt.libvirtError as exc:
+            LOG.debug("storage pool %s: %s", uc.pool, exc)
+
+    def ensure_key(self) -> Path:
+        """The configured key (``undercloud.ssh_key``), generated as an RSA key, like Apex's id_rsa, when missing."""
+        key = self.options.undercloud.key_path
+        if not key.is_file():
+            key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "4096", "-N", "", "-f", str(key)],
+                           check=True, stdin=subprocess.DEVNULL)
+        return key
+
+    # -- reaching it ---------------------------------------------------------------------------
+    def _leases(self, dom: Any) -> list[str]:
+        """IPv4 addresses leased to the domain's NAT NIC: the NAT network's leases for its MAC,
+        else (drivers without lease queries) the domain's interface addresses from leases."""
+        import libvirt
+
+        uc = self.options.undercloud
+        mac = stable_mac(uc.name, uc.nat_network)
+        network = self._lookup("network", uc.nat_network)
+        try:
+            if network is not None:
+                return [lease["ipaddr"] for lease in network.DHCPLeases(mac)
+                        if lease.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                return []
+        try:
+            found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        except libvirt.libvirtError:
+            return []
+        return [str(addr["addr"]) for iface in found.values() if (iface.get("hwaddr") or mac) == mac
+                for addr in iface.get("addrs") or [] if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4]
+
+    def lease_address(self, timeout: float) -> str:
+        """The VM's first IPv4 address from its DHCP lease on the NAT network, waited for."""
+        dom = self._lookup_domain()
+        if dom is None:
+            raise UndercloudError(f"libvirt domain {self.options.undercloud.name!r} does not exist",
+                                  "run the undercloud target to create it")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._leases(dom)
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise UndercloudError(
+                    f"domain {self.options.undercloud.name}: no DHCP lease on network "
+                    f"{self.options.undercloud.nat_network} within {timeout:.0f} s",
+                    "check the VM booted (virsh console) and the NAT network's DHCP")
+            time.sleep(2)
+
+    def wait(self, on_wait: Any = None) -> None:
+        # The lease first (the VM booted and asked for an address), then SSH answering;
+        # with undercloud.host set, that address is used and no lease is asked for.
+        if not self.options.undercloud.host:
+            self._address = self.lease_address(self.options.undercloud.wait_timeout)
+        super().wait(on_wait)
+
+    def ssh(self) -> SSHTarget:
+        uc = self.options.undercloud
+        host = uc.host or self._address
+        if host is None:
+            host = self._address = self.lease_address(uc.wait_timeout)
+        return SSHTarget(host, uc.port, uc.user, uc.key_path)
