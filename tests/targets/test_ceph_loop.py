@@ -383,7 +383,8 @@ def test_unit_commands_attach_a_sparse_file_on_this_host(tmp_path: Path) -> None
 # --- storage environment and secrets --------------------------------------------------------
 
 CEPH = CephOptions(virtual=False, loop_device="/dev/loop3", loop_file="/srv/data.img",
-                   loop_size_virtual="10G", loop_size_baremetal="50G", pool_size=2, pg_num=32)
+                   loop_size_virtual="10G", loop_size_baremetal="50G", pool_size=2, pg_num=32,
+                   namespace="", image="", tag="")
 
 
 def test_secrets_generated_once_private_and_kept(tmp_path: Path) -> None:
