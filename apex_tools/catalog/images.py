@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from apex_tools.catalog import tripleo
-from apex_tools.catalog.tht import HeatTemplates, heat_templates
+from apex_tools.catalog.tht import HeatTemplates, heat_templates, scenario_environments
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.reference import ImageRef
 from apex_tools.core.resources import data_path
@@ -159,29 +159,7 @@ class Catalog:
 
     def environments(self, ds: DeploySettings) -> list[str]:
         """The THT environment files the scenario adds, in deploy order (containers, HA, SDN, Ceph)."""
-        opts = ds.deploy_options
-        wanted = []
-        if opts.containers:
-            wanted.append(("containers", False))
-        if ds.global_params.ha_enabled:
-            wanted.append(("ha", True))
-        sdn = opts.sdn_controller or None
-        wanted.append((sdn or "ovs", sdn is not None))
-        if opts.ceph:
-            wanted.append(("ceph", True))
-        chosen = []
-        for key, required in wanted:
-            candidates = tripleo.SCENARIO_ENVIRONMENTS[key]
-            found = next((c for c in candidates if c in self.heat.scenario_environments), None)
-            if found:
-                chosen.append(found)
-            elif required:
-                raise SettingsError(
-                    f"{key}: {self.os_version}'s tripleo-heat-templates ({self.heat.source}) have none of "
-                    f"{', '.join(candidates)}",
-                    f"{self.os_version} cannot deploy this scenario; pick another os_version or scenario",
-                )
-        return chosen
+        return scenario_environments(ds, self.heat)
 
     def enabled_services(self, ds: DeploySettings) -> dict[str, str]:
         """Service → why it is enabled: a default role's service that the default resource

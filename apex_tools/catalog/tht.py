@@ -20,7 +20,7 @@ import yaml
 from apex_tools.catalog import tripleo
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.resources import data_path
-from apex_tools.core.settings import OS_VERSIONS
+from apex_tools.core.settings import OS_VERSIONS, DeploySettings
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,32 @@ def heat_templates(os_version: str) -> HeatTemplates:
 def heat_templates_from_dir(root: Path, release: str) -> HeatTemplates:
     """The same facts read from an installed tree (e.g. ``/usr/share/openstack-tripleo-heat-templates``)."""
     return _from_data(release, tripleo.read_heat_templates(Path(root)), str(root))
+
+
+def scenario_environments(ds: DeploySettings, heat: HeatTemplates) -> list[str]:
+    """The THT environment files a scenario adds, in deploy order (containers, HA, SDN, Ceph):
+    of each kind's candidates the first the release has. The image choice and the deploy command
+    both take them from here, so the services deployed are the ones whose images are mirrored."""
+    opts = ds.deploy_options
+    wanted = []
+    if opts.containers:
+        wanted.append(("containers", False))
+    if ds.global_params.ha_enabled:
+        wanted.append(("ha", True))
+    sdn = opts.sdn_controller or None
+    wanted.append((sdn or "ovs", sdn is not None))
+    if opts.ceph:
+        wanted.append(("ceph", True))
+    chosen = []
+    for key, required in wanted:
+        candidates = tripleo.SCENARIO_ENVIRONMENTS[key]
+        found = next((c for c in candidates if heat.has_environment(c)), None)
+        if found:
+            chosen.append(found)
+        elif required:
+            raise SettingsError(
+                f"{key}: {heat.release}'s tripleo-heat-templates ({heat.source or 'as given'}) have none of "
+                f"{', '.join(candidates)}",
+                f"{heat.release} cannot deploy this scenario; pick another os_version or scenario",
+            )
+    return chosen

@@ -15,7 +15,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from apex_tools.catalog.tht import HeatTemplates
+from apex_tools.catalog.tht import HeatTemplates, scenario_environments
+from apex_tools.catalog.tripleo import SCENARIO_ENVIRONMENTS
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.settings import DeploySettings, NetworkSettings
 from apex_tools.core.workdir import NETWORK_DATA, NETWORK_ENV, PARAMETER_FILE, STORAGE_ENV, UPSTREAM_ENV
@@ -25,7 +26,6 @@ from apex_tools.overcloud.inventory import Scale
 THT_ROOT = "/usr/share/openstack-tripleo-heat-templates"
 DOCKER_ENV = "environments/docker.yaml"
 DOCKER_HA_ENV = "environments/docker-ha.yaml"
-CEPH_ANSIBLE_ENV = "environments/ceph-ansible/ceph-ansible.yaml"
 # Where a release keeps the containerized services' environments (Queens: services-docker).
 SERVICE_DIRS = {"queens": "environments/services-docker"}
 DEFAULT_SERVICE_DIR = "environments/services"
@@ -73,18 +73,17 @@ def _service_env(tht: HeatTemplates, os_version: str, name: str) -> str:
     return f"{SERVICE_DIRS.get(os_version, DEFAULT_SERVICE_DIR)}/{name}"
 
 
-def sdn_environments(ds: DeploySettings, tht: HeatTemplates) -> list[str]:
-    """THT environment files of the scenario's SDN controller and its features (relative paths)."""
+def feature_environments(ds: DeploySettings, tht: HeatTemplates) -> list[str]:
+    """THT environment files of the scenario's SDN features and optional services (relative paths)."""
     opts = ds.deploy_options
     names: list[str] = []
     if opts.sdn_controller == "opendaylight":
-        names.append("neutron-opendaylight-dpdk.yaml" if opts.dataplane == "ovs_dpdk" else "neutron-opendaylight.yaml")
+        if opts.dataplane == "ovs_dpdk":
+            names.append("neutron-opendaylight-dpdk.yaml")
         if opts.sfc:
             names.append("neutron-sfc-opendaylight.yaml")
         if opts.vpn:
             names.append("neutron-bgpvpn-opendaylight.yaml")
-    elif opts.sdn_controller == "ovn":
-        names.append("neutron-ovn-ha.yaml")
     names += [f"{key}.yaml" for key in FEATURE_FILES if getattr(opts, key)]
     return [_service_env(tht, ds.os_version, name) for name in names]
 
@@ -103,15 +102,15 @@ def environment_files(plan: DeployPlan) -> list[str]:
     def tht(path: str) -> str:
         return f"{THT_ROOT}/{path}"
 
-    files = [NETWORK_ENV]
-    if plan.tht.has_environment(DOCKER_ENV):
-        files.append(tht(DOCKER_ENV))
-    if plan.ds.global_params.ha_enabled:
-        files.append(tht(DOCKER_HA_ENV))
-    files += [UPSTREAM_ENV, PARAMETER_FILE]
-    files += [tht(p) for p in sdn_environments(plan.ds, plan.tht)]
+    # The scenario's own THT files come from the same choice the image catalog made.
+    chosen = scenario_environments(plan.ds, plan.tht)
+    containers = [p for p in chosen if p in (DOCKER_ENV, DOCKER_HA_ENV)]
+    ceph = [p for p in chosen if p in SCENARIO_ENVIRONMENTS["ceph"]]
+    sdn = [p for p in chosen if p not in containers and p not in ceph]
+    files = [NETWORK_ENV, *map(tht, containers), UPSTREAM_ENV, PARAMETER_FILE]
+    files += [tht(p) for p in sdn + feature_environments(plan.ds, plan.tht)]
     if plan.ceph:
-        files += [tht(CEPH_ANSIBLE_ENV), STORAGE_ENV]
+        files += [*map(tht, ceph), STORAGE_ENV]
     files.append(node_environment_name(plan.virtual))
     return files
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apex_tools.catalog.tht import HeatTemplates
+from apex_tools.catalog.tht import HeatTemplates, heat_templates
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.settings import load_deploy_settings, load_network_settings
 from apex_tools.overcloud import environments
@@ -27,13 +27,6 @@ from apex_tools.overcloud.inventory import load_inventory, scale_of
 
 from conftest import REPO, check_golden
 
-# What the releases hold, as far as these scenarios ask (tests build HeatTemplates directly).
-QUEENS = HeatTemplates("queens", frozenset(), frozenset({
-    "environments/docker.yaml", "environments/docker-ha.yaml", "environments/ceph-ansible/ceph-ansible.yaml",
-    "environments/services-docker/neutron-opendaylight.yaml"}))
-MASTER = HeatTemplates("master", frozenset(), frozenset({
-    "environments/docker-ha.yaml", "environments/ceph-ansible/ceph-ansible.yaml",
-    "environments/services/neutron-opendaylight.yaml"}))
 SCENARIOS = {
     "os-nosdn-nofeature-noha": "virtual",
     "os-nosdn-nofeature-ha": "virtual-ha",
@@ -47,7 +40,7 @@ def _plan(scenario: str, inventory: str | None = None, virtual: bool = True, tht
     ds = load_deploy_settings(REPO / "config" / "deploy" / f"{scenario}.yaml")
     ns = load_network_settings(REPO / "config" / "network" / "network_settings.yaml")
     inv = load_inventory(REPO / "config" / "inventory" / f"{inventory or SCENARIOS[scenario]}.yaml")
-    tht = tht or (QUEENS if ds.os_version == "queens" else MASTER)
+    tht = tht or heat_templates(ds.os_version)  # the bundled facts of the release
     return DeployPlan(ds, ns, scale_of(inv, ds.global_params.ha_enabled), tht, virtual, libvirt, 120,
                       ceph=ds.deploy_options.ceph)
 
@@ -93,7 +86,7 @@ def test_apex_order_for_ha_odl_with_ceph() -> None:
     plan = _plan("os-odl-nofeature-noha", inventory="virtual-ha")
     ha = plan.ds.model_copy(update={"global_params": plan.ds.global_params.model_copy(update={"ha_enabled": True})})
     plan = DeployPlan(ha, plan.ns, scale_of(load_inventory(REPO / "config/inventory/virtual-ha.yaml"), True),
-                      QUEENS, True, "kvm", 120, ceph=True)
+                      heat_templates("queens"), True, "kvm", 120, ceph=True)
     files = environment_files(plan)
     assert files == [
         "network-environment.yaml",
@@ -108,14 +101,14 @@ def test_apex_order_for_ha_odl_with_ceph() -> None:
     ]
     args = command_args(plan)
     assert args[:6] == ["openstack", "overcloud", "deploy", "--templates", "--timeout", "120"]
-    # The scenario is master: the counts go into the node environment, not the flags.
+    # The scenario is stein: the counts go into the node environment, not the flags.
     assert args[args.index("--ntp-server"):] == [
         "--ntp-server", "pool.ntp.org", "--networks-file", "network_data.yaml", "--libvirt-type", "kvm"]
 
 
 def test_docker_yaml_only_where_the_release_has_it() -> None:
-    with_it = environment_files(_plan("os-nosdn-nofeature-noha", tht=QUEENS))
-    without = environment_files(_plan("os-nosdn-nofeature-noha", tht=MASTER))
+    with_it = environment_files(_plan("os-nosdn-nofeature-noha", tht=heat_templates("queens")))
+    without = environment_files(_plan("os-nosdn-nofeature-noha", tht=heat_templates("master")))
     assert f"{THT_ROOT}/environments/docker.yaml" in with_it
     assert f"{THT_ROOT}/environments/docker.yaml" not in without
 
