@@ -114,12 +114,16 @@ def _undercloud(run: RunContext) -> TargetResult:
     installed = driver.installed()
     data = {"driver": driver.name, "ssh": str(driver.ssh()), "registry": driver.registry_address,
             "installed": True, **provision.data}
-    if record is not None and record.fingerprint == fp and installed and not run.force:
+    # A fresh volume is a fresh undercloud, whatever it reports.
+    rebuilt = "volume" in provision.steps
+    if record is not None and record.fingerprint == fp and installed and not run.force and not rebuilt:
         if changes:  # e.g. a stopped VM started again
             run.state.save(TARGET, fp, data=data)
             return TargetResult(TARGET, Status.CHANGED, changes, items)
         return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
-    if not installed:
+    if rebuilt:
+        reason = "its volume was prepared just now"
+    elif not installed:
         reason = "the undercloud does not report TripleO installed (no ~/stackrc)"
     elif record is None or record.fingerprint != fp:
         reason = "first run" if record is None else "its inputs changed"

@@ -30,8 +30,9 @@ from apex_tools.core.config import Options
 from apex_tools.core.errors import UndercloudError
 from apex_tools.core.resources import data_path
 from apex_tools.core.settings import NetworkSettings
-from apex_tools.core.state import fingerprint
-from apex_tools.core.workdir import OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
+from apex_tools.core.state import file_stamp, fingerprint
+from apex_tools.core.workdir import IMAGE_PATCHES_DIR, OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
+from apex_tools.patching import image_patches
 from apex_tools.undercloud.base import Provision, SSHUndercloud
 from apex_tools.undercloud.image import prepare_image
 from apex_tools.undercloud.ssh import SSHTarget
@@ -224,7 +225,8 @@ class LibvirtUndercloud(SSHUndercloud):
             partitioned = is_partitioned(source)
         xml = self.domain_xml(partitioned)
         fp = fingerprint({"domain": xml})
-        plan = Provision(fingerprint=fp, data={"domain_xml": xml, "partitioned": partitioned})
+        plan = Provision(fingerprint=fp, data={"domain_xml": xml, "partitioned": partitioned,
+                                               "image_inputs": self.image_inputs()})
         networks = self.check_networks()
         plan.steps += [f"network:{n}" for n in networks]
         plan.actions += [f"define libvirt network {n} (isolated, bridge br-{n})" for n in networks]
@@ -252,10 +254,34 @@ class LibvirtUndercloud(SSHUndercloud):
             plan.actions += [f"--recreate: destroy and undefine domain {name} and remove its volume "
                              f"{self.volume_path()}", *create]
             return plan
+        was = recorded.get("image_inputs")
+        changed = sorted(k for k in plan.data["image_inputs"] if was is not None and was.get(k) != plan.data["image_inputs"][k])
+        if changed:
+            if not recreate:
+                raise UndercloudError(
+                    f"the volume of libvirt domain {name!r} was prepared from other inputs: {', '.join(changed)} "
+                    "changed", "re-run with --recreate to destroy, undefine and rebuild it (its volume is removed)")
+            plan.steps += ["destroy", "volume", "define", "start"]
+            plan.actions += [f"--recreate: destroy and undefine domain {name} and remove its volume "
+                             f"{self.volume_path()} ({', '.join(changed)} changed)", *create]
+            return plan
         if not dom.isActive():
             plan.steps.append("start")
             plan.actions.append(f"start domain {name} (defined, not running)")
         return plan
+
+    def image_inputs(self) -> dict[str, Any]:
+        """What the volume is prepared from (each a short, comparable value, kept in the record)."""
+        source = self.source_image()
+        pdir = Path(self.options.work_dir) / IMAGE_PATCHES_DIR / "undercloud"
+        public = Path(f"{self.options.undercloud.key_path}.pub")
+        return {
+            "source image": f"{source} {file_stamp(source)}",
+            "SSH key": hashlib.sha256(public.read_bytes()).hexdigest() if public.is_file() else None,
+            "undercloud patches": fingerprint(image_patches.digests(pdir, image_patches.load_manifest(pdir))),
+            "disk size": self.options.undercloud.disk_size,
+            "user": self.options.undercloud.user,
+        }
 
     # -- apply -------------------------------------------------------------------------------
     def provision(self, plan: Provision, progress: Any) -> list[str]:
@@ -279,6 +305,7 @@ class LibvirtUndercloud(SSHUndercloud):
                 changes.append(f"destroyed and undefined domain {name}, removed {self.volume_path()}")
             elif step == "volume":
                 changes.append(self.prepare_volume(bool(plan.data.get("partitioned"))))
+                plan.data["image_inputs"] = self.image_inputs()  # the key may have been generated just now
             elif step == "define":
                 self.conn.defineXML(plan.data["domain_xml"])
                 changes.append(f"defined domain {name}")

@@ -276,6 +276,17 @@ def test_define_start_up_to_date_changed_and_recreate(base_image, sshd, registry
     assert "<memory unit='KiB'>4194304</memory>" in test_libvirt.lookupByName("uc-test").XMLDesc(0)
     assert undercloud(run(memory=4096)).status is Status.UP_TO_DATE
 
+    # New undercloud patches: the volume was prepared without them, so the VM must be rebuilt.
+    _undercloud_patch(tmp_path / "work", MOTD_PATCH)
+    with pytest.raises(UndercloudError, match="prepared from other inputs: undercloud patches changed"):
+        undercloud(run(memory=4096))
+    rebuilt = undercloud(run(memory=4096, recreate=True))
+    assert rebuilt.status is Status.CHANGED and "its volume was prepared just now" in rebuilt.changes[-1]
+    assert len(fake.calls_made()) == 3  # a rebuilt VM is configured again
+    motd = _guestfish(tmp_path / "pool" / "uc-test.qcow2", "cat /etc/apex-test/motd\n")
+    assert motd == "patched undercloud\n\n"
+    assert undercloud(run(memory=4096)).status is Status.UP_TO_DATE
+
 
 def test_the_address_comes_from_the_lease_on_the_nat_network(test_libvirt, tmp_path):
     driver = driver_for(_options(tmp_path, name="uc-lease"), "192.0.2.1:8787", _network_settings())
