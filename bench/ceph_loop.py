@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "targets"))
 import test_ceph_loop as t  # noqa: E402 - the tests' image recipe and workspace, shared
 
 from apex_tools.targets.ceph_loop import LoopDevice, ceph_loop  # noqa: E402

@@ -8,6 +8,7 @@ files and registry storage, so nothing is generated, pushed or downloaded a seco
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import uuid
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from apex_tools.registry.server import CONTAINER_LABEL
 
 from conftest import need
 from lab_support import CHAIN, NOVA_IMAGES, json_documents, lab_env, placeholders
@@ -87,4 +90,10 @@ def test_image_runs_the_lab_twice(request: pytest.FixtureRequest, tmp_path_facto
         # The second lab up found the generated files and the seeded storage in the work dir.
         assert "generated" not in up and "seeded" not in up, up
     finally:
+        # lab down from inside the image stops the registries it started beside its container.
+        with contextlib.suppress(BaseException):
+            _docker_run(image, root, env, "lab", "down")
+        left = [c.name for c in docker_client.containers.list(filters={"label": CONTAINER_LABEL})
+                if str(root) in c.labels.get(CONTAINER_LABEL, "")]
         forget_images(docker_client, [env["APEX_REGISTRY_ADDRESS"], env["APEX_UPSTREAM_REGISTRY"]])
+    assert left == [], f"lab down left registry containers running: {left}"
