@@ -15,7 +15,8 @@ import requests
 
 from apex_tools.core.errors import LabError
 from apex_tools.core.state import write_if_changed
-from apex_tools.lab.processes import running_pid, start_detached, stop_pid
+from apex_tools.core.processes import running_pid
+from apex_tools.lab.processes import start_detached, stop_pid
 
 BINARY = "nginx"
 LOG_FORMAT = '$request_method $uri $status $body_bytes_sent "$http_range" "$http_if_none_match"'

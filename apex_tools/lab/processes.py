@@ -1,28 +1,16 @@
-"""Detached servers with pidfiles: start one, tell whether it still runs, stop it by its pid."""
+"""Detached servers with pidfiles: start one, stop it by its pid (``core.processes`` tells ours)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from apex_tools.core.errors import LabError
+from apex_tools.core.processes import running_pid, terminate
 from apex_tools.core.state import atomic_write
-
-
-def running_pid(pidfile: Path, marker: str) -> int | None:
-    """The pid in ``pidfile`` when that process still runs with ``marker`` in its command line."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    # A pid reused by another program is not ours: the marker (our config path) must be there.
-    return pid if marker.encode() in cmdline.split(b"\0") else None
 
 
 def start_detached(argv: Sequence[str], pidfile: Path, logfile: Path, ready: Callable[[], bool],
@@ -51,29 +39,8 @@ def start_detached(argv: Sequence[str], pidfile: Path, logfile: Path, ready: Cal
 def stop_pid(pidfile: Path, marker: str, timeout: float = 10.0) -> bool:
     """Stop the process ``pidfile`` names when it is still ours; True when one was stopped."""
     pid = running_pid(pidfile, marker)
-    if pid is None:
-        with contextlib.suppress(FileNotFoundError):
-            pidfile.unlink()
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
+    if pid is not None:
+        terminate(pid, timeout)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
-    return True
-
-
-def _alive(pid: int) -> bool:
-    # Our own child (started in this process) must be reaped, or it lingers as a zombie.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return pid is not None

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import jinja2
 
 from apex_tools.core.errors import RegistryError
+from apex_tools.core.processes import running_pid, terminate
 from apex_tools.core.resources import data_path
 from apex_tools.core.state import write_if_changed
 from apex_tools.registry.client import RegistryClient
@@ -248,16 +248,7 @@ def local_registry_pid(work_dir: Path) -> int | None:
 
 def _running_pid(work_dir: Path) -> int | None:
     """The pid in our pidfile when that process is still our registry, else None."""
-    pidfile = paths(work_dir)["pid"]
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    if cmdline and os.path.basename(cmdline[0].decode(errors="replace")) == BINARY and \
-            str(paths(work_dir)["config"]).encode() in cmdline:
-        return pid
-    return None
+    return running_pid(paths(work_dir)["pid"], str(paths(work_dir)["config"]), program=BINARY)
 
 
 def stop_local_registry(work_dir: Path, timeout: float = 10.0) -> bool:
@@ -270,20 +261,9 @@ def stop_local_registry(work_dir: Path, timeout: float = 10.0) -> bool:
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         return stopped
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    if Path(f"/proc/{pid}").exists():
-        os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+    terminate(pid, timeout)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when the registry is our own child (same process started it)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
