@@ -1,4 +1,5 @@
-"""The deploy target through the local undercloud driver, with real playbooks (ansible-playbook,
+"""The deploy target through the local undercloud driver (and once over SSH, the existing driver against a
+loopback sshd), with real playbooks (ansible-playbook,
 local connection) and a real registry; TripleO's `openstack` is the only stand-in (a script on
 PATH that records its arguments and plays the stack: created, failed, or absent).
 
@@ -252,3 +253,28 @@ def test_baremetal_nodes_are_introspected_before_the_deploy(lab):
     order = [c.split()[2] for c in calls if c.startswith("overcloud node")]
     assert order == ["import", "introspect"] and "overcloud node introspect --all-manageable --provide" in calls
     assert (lab["fake"] / "deploy-args").read_text().splitlines() == ["overcloud", "deploy", "--templates"]
+
+
+def test_over_ssh_an_existing_undercloud_runs_both_playbooks_and_the_command(lab, tmp_path):
+    """The same deploy against an `existing` undercloud: a real sshd on loopback, the playbooks
+    over SSH, the command run there under stackrc; `openstack` is the stand-in on its PATH."""
+    from ssh_support import run_sshd
+
+    work, home, fake = lab["work"], lab["home"], lab["fake"]
+    with run_sshd(tmp_path / "sshd") as server:
+        # sshd hands its sessions a PATH with bin_dir first; the stand-in keeps its state in `fake`.
+        script = server.bin_dir / "openstack"
+        script.write_text(OPENSTACK.replace("#!/bin/bash\n", f"#!/bin/bash\nFAKE_OS_DIR={shlex.quote(str(fake))}\n", 1))
+        script.chmod(0o755)
+        options = lab["options"](undercloud={"driver": "existing", "host": server.host, "port": server.port,
+                                             "user": server.user, "ssh_key": str(server.key)})
+        result = deploy(RunContext(options))
+        assert result.status is Status.CHANGED, result
+        assert result.changes[-1] == "stack create: stack overcloud CREATE_COMPLETE"
+        ran = (fake / "deploy-args").read_text().splitlines()
+        assert ["openstack", *ran] == shlex.split((work / "deploy_command").read_text())
+        assert f"overcloud node import {home}/instackenv.json" in _calls(lab)
+        assert (home / "docker-images.yaml").read_bytes() == (work / "docker-images.yaml").read_bytes()
+        assert "Overcloud Deployed" in (work / "overcloud-deploy.log").read_text()
+        again = deploy(RunContext(options))
+        assert again.status is Status.UP_TO_DATE, again
