@@ -317,3 +317,39 @@ def forget_images(docker_client, registries) -> None:
         doomed = [name for name in listed if name.startswith(tuple(f"{r}/" for r in registries))]
         if doomed:
             subprocess.run(["buildah", "rmi", "--force", *doomed], stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def seed_default_deployment(client: RegistryClient, except_image: str) -> tuple[Any, Any]:
+    """Push every image of the default scenario (and the Ceph image) as small images sharing a
+    base layer, all but ``except_image``, which the test makes for real; returns (catalog, settings)."""
+    from apex_tools.catalog.images import load_catalog
+    from apex_tools.core.config import settings_path
+    from apex_tools.core.settings import load_deploy_settings
+
+    settings = load_deploy_settings(settings_path("os-nosdn-nofeature-noha", "deploy"))
+    catalog = load_catalog(settings.os_version)
+    base = [layer_blob("base", 20_000)]
+    for image in catalog.deployment_images(settings):
+        if image.name != except_image:
+            push_image(client, f"tripleomaster/centos-binary-{image.name}", "current-tripleo",
+                       base + [layer_blob(image.name, 500)])
+    push_image(client, catalog.ceph.repository, catalog.ceph.tag, base + [layer_blob("ceph", 700)])
+    return catalog, settings
+
+
+def engine_push(docker_client: Any, ref: str, tag: str) -> None:
+    """Push a local engine image; an error in the push stream fails the test."""
+    for line in docker_client.api.push(ref, tag, stream=True, decode=True):
+        assert "error" not in line, line
+
+
+def push_keystone_image(docker_client: Any, debian_image: Any, ref: str, site: str) -> None:
+    """Build a keystone service image (user keystone, ``keystone/api.py`` saying "old") and push it as ``ref``."""
+    dockerfile = (
+        f"FROM {debian_image('patch', 'python3-minimal')}\n"
+        f"RUN useradd -u 4242 -M keystone && mkdir -p {site}/keystone && touch {site}/keystone/__init__.py"
+        f" && printf 'def hello():\\n    return \"old\"\\n' > {site}/keystone/api.py\nUSER keystone\n"
+    )
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{ref}:current-tripleo",
+                               network_mode="host", rm=True)
+    engine_push(docker_client, ref, "current-tripleo")

@@ -5,7 +5,6 @@ docker-images.yaml; then both targets are up to date.
 
 from __future__ import annotations
 
-import io
 
 import yaml
 
@@ -16,6 +15,7 @@ from apex_tools.registry.client import RegistryClient
 from apex_tools.core.run import RunContext, Status
 
 from fake_gerrit import git_patch
+from registry_support import push_keystone_image
 from test_push_registry import lab, nova_api_image  # noqa: F401 - fixtures
 
 SITE = "/usr/lib/python3/dist-packages"
@@ -26,16 +26,7 @@ PATCH = git_patch("I" + "e" * 40, {"keystone/api.py": ('def hello():\n    return
 
 def test_patched_keystone_goes_from_patch_to_apex_image(lab, tmp_path, docker_client, debian_image):  # noqa: F811
     upstream = lab["upstream"].address
-    dockerfile = (
-        f"FROM {debian_image('patch', 'python3-minimal')}\n"
-        f"RUN useradd -u 4242 -M keystone && mkdir -p {SITE}/keystone && touch {SITE}/keystone/__init__.py"
-        f" && printf 'def hello():\\n    return \"old\"\\n' > {SITE}/keystone/api.py\nUSER keystone\n"
-    )
-    ref = f"{upstream}/{KEYSTONE}"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{ref}:current-tripleo",
-                               network_mode="host", rm=True)
-    for line in docker_client.api.push(ref, "current-tripleo", stream=True, decode=True):
-        assert "error" not in line, line
+    push_keystone_image(docker_client, debian_image, f"{upstream}/{KEYSTONE}", SITE)
     (tmp_path / "hello.patch").write_text(PATCH)
     (tmp_path / "local.yaml").write_text(yaml.safe_dump(
         {"overcloud": [{"path": str(tmp_path / "hello.patch"), "project": "openstack/keystone"}]}))

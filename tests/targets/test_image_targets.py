@@ -23,9 +23,6 @@ from typing import Any
 import pytest
 import yaml
 
-from apex_tools.catalog.images import load_catalog
-from apex_tools.core.config import settings_path
-from apex_tools.core.settings import load_deploy_settings
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.server import CONTAINER_LABEL, stop_local_registry
 
@@ -33,7 +30,7 @@ from conftest import free_port, run_registry
 from fake_gerrit import FakeChange, git_patch, run_fake_gerrit
 from http_upstream import run_nginx
 from image_support import DOCKER_SOCKET, docker_run
-from registry_support import forget_images, layer_blob, push_image
+from registry_support import forget_images, push_keystone_image, seed_default_deployment
 from test_ceph_loop import PUPPET_TEXT, base_qcow2, read_back  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
@@ -75,25 +72,8 @@ def _publish(folder: Path, qcow2: Path) -> None:
 
 def _seed_upstream(address: str, docker_client: Any, debian_image: Any) -> None:
     """Every image of the default deployment; keystone is a real one a patch can change."""
-    client = RegistryClient(address, tls="http")
-    settings = load_deploy_settings(settings_path("os-nosdn-nofeature-noha", "deploy"))
-    catalog = load_catalog(settings.os_version)
-    base = [layer_blob("base", 20_000)]
-    for image in catalog.deployment_images(settings):
-        if image.name != "keystone":
-            push_image(client, f"tripleomaster/centos-binary-{image.name}", "current-tripleo",
-                       base + [layer_blob(image.name, 500)])
-    push_image(client, catalog.ceph.repository, catalog.ceph.tag, base + [layer_blob("ceph", 700)])
-    dockerfile = (
-        f"FROM {debian_image('patch', 'python3-minimal')}\n"
-        f"RUN useradd -u 4242 -M keystone && mkdir -p {SITE}/keystone && touch {SITE}/keystone/__init__.py"
-        f" && printf 'def hello():\\n    return \"old\"\\n' > {SITE}/keystone/api.py\nUSER keystone\n"
-    )
-    ref = f"{address}/{KEYSTONE}"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{ref}:current-tripleo",
-                               network_mode="host", rm=True)
-    for line in docker_client.api.push(ref, "current-tripleo", stream=True, decode=True):
-        assert "error" not in line, line
+    seed_default_deployment(RegistryClient(address, tls="http"), except_image="keystone")
+    push_keystone_image(docker_client, debian_image, f"{address}/{KEYSTONE}", SITE)
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,22 @@ registry started by the target itself, real builds with the engine and with buil
 
 from __future__ import annotations
 
-import contextlib
 import io
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from apex_tools.catalog.images import load_catalog
 from apex_tools.core.config import Layer, resolve
 from apex_tools.core.errors import BuildError
 from apex_tools.targets.push_registry import push_registry
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.server import stop_local_registry
 from apex_tools.core.run import RunContext, Status
-from apex_tools.core.settings import load_deploy_settings
-from apex_tools.core.config import settings_path
 
 from conftest import free_port, need
-from registry_support import forget_images, layer_blob, push_image
+from registry_support import engine_push, forget_images, seed_default_deployment
 
 NOVA_API = "tripleomaster/centos-binary-nova-api"
 
@@ -42,19 +37,10 @@ def nova_api_image(docker_client, base_image):
 def lab(registry_factory, tmp_path, docker_client, nova_api_image):
     """An upstream registry holding every image of the default deployment, and options pointing at it."""
     upstream = registry_factory("upstream")
-    client = RegistryClient(upstream.address, tls="http")
-    settings = load_deploy_settings(settings_path("os-nosdn-nofeature-noha", "deploy"))
-    catalog = load_catalog(settings.os_version)
-    base = [layer_blob("base", 20_000)]
-    for image in catalog.deployment_images(settings):
-        if image.name != "nova-api":
-            push_image(client, f"tripleomaster/centos-binary-{image.name}", "current-tripleo",
-                       base + [layer_blob(image.name, 500)])
-    push_image(client, catalog.ceph.repository, catalog.ceph.tag, base + [layer_blob("ceph", 700)])
+    catalog, settings = seed_default_deployment(RegistryClient(upstream.address, tls="http"), except_image="nova-api")
     ref = f"{upstream.address}/{NOVA_API}"
     nova_api_image.tag(ref, "current-tripleo")
-    for line in docker_client.api.push(ref, "current-tripleo", stream=True, decode=True):
-        assert "error" not in line, line
+    engine_push(docker_client, ref, "current-tripleo")
     work = tmp_path / "work"
     local = f"127.0.0.1:{free_port()}"
 
