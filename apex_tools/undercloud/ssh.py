@@ -212,22 +212,18 @@ class Forward:
 def _pump(local: socket.socket, channel: paramiko.Channel, forward: Forward) -> None:
     """Copy bytes both ways until either side closes."""
     try:
+        # Each direction: where bytes come from, where they go, which counter they add to.
+        directions = ((local, channel, "bytes_up"), (channel, local, "bytes_down"))
         while True:
             ready, _, _ = select.select([local, channel], [], [], 1.0)
-            if local in ready:
-                data = local.recv(65536)
-                if not data:
-                    break
-                channel.sendall(data)
-                with forward._lock:
-                    forward.bytes_up += len(data)
-            if channel in ready:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                local.sendall(data)
-                with forward._lock:
-                    forward.bytes_down += len(data)
+            for source, sink, counter in directions:
+                if source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return  # the finally below closes both ends
+                    sink.sendall(data)
+                    with forward._lock:
+                        setattr(forward, counter, getattr(forward, counter) + len(data))
     except (OSError, paramiko.SSHException, EOFError) as exc:
         LOG.debug("forward to %s:%d: %s", forward.remote_host, forward.remote_port, exc)
     finally:
