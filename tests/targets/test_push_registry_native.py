@@ -113,7 +113,7 @@ def test_an_engine_only_image_fails_alone_when_no_engine_answers(lab, monkeypatc
     assert not (lab["work"] / "docker-images.yaml").exists()
 
 
-SECOND = f"""\
+SECOND = """\
 --- a/nova/__init__.py
 +++ b/nova/__init__.py
 @@ -1 +1,2 @@
