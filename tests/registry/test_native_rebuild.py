@@ -210,3 +210,18 @@ def test_same_base_and_patches_give_the_same_digest_in_two_fresh_registries(regi
         found.append((digests["edge"], client.head_manifest(REPO, "apex")[0], built.layer.digest))
     assert found[0] == found[1]
 
+
+
+@pytest.mark.parametrize("oci", [False, True], ids=["docker-v2s2", "oci"])
+def test_the_base_manifest_family_is_kept(registry_factory, tmp_path, oci):
+    client = RegistryClient(registry_factory("family").address, tls="http")
+    base = push_image(client, REPO, "base", [tar_layer(BOTTOM), tar_layer(MIDDLE), tar_layer(TOP)], oci=oci)
+    built = build_native(client, LayerCache(client), REPO, base.digest, "upstream/apex/edge:base",
+                         native(tmp_path, "top", (TOP_PATCH, "/", "top fix")))
+    manifest, original = built.manifest.json(), base.json()
+    assert built.manifest.media_type == base.media_type
+    assert manifest["config"]["mediaType"] == original["config"]["mediaType"]
+    assert manifest["layers"][:-1] == original["layers"]
+    assert manifest["layers"][-1]["mediaType"] == original["layers"][-1]["mediaType"]
+    # Docker v2 schema 2 has no annotations; OCI gets the base's digest and name there too.
+    assert manifest.get("annotations", {}).get(BASE_DIGEST_LABEL) == (base.digest if oci else None)
