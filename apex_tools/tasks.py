@@ -275,6 +275,8 @@ def show_config(c: Context, key: str = "") -> None:
         raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=EXIT_SETTINGS)
     width = max(len(k) for k in keys)
     derived = _release_defaults(effective)
+    if not key:
+        print(_project_file_line(c.config))
     for name in keys:
         value, source = effective.values[name], effective.sources[name]
         if name.endswith("password") and value:
@@ -282,6 +284,14 @@ def show_config(c: Context, key: str = "") -> None:
         if value == "" and name in derived:
             value, source = derived[name]
         print(f"{name:<{width}}  {value!s:<40}  # {source}  (env {env_name(name)})")
+
+
+def _project_file_line(config: Config) -> str:
+    """Which project file (``apex.yaml`` in the working directory) this run read, or that none is there."""
+    path = getattr(config, "_project_path", None)
+    if path:
+        return f"# project file: {path}"
+    return f"# project file: none (no apex.yaml or apex.yml in {os.getcwd()})"
 
 
 def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import requests
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from apex_tools.catalog.images import Catalog, load_catalog
 from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile, render_odl_repo
 from apex_tools.http.download import join_url
+from apex_tools.core import yamlfile
 from apex_tools.core.config import settings_path
+from apex_tools.core.settings import validate_model
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
 from apex_tools.patching.gerrit import GerritClient, GerritUnreachable
 from apex_tools.registry.image_config import ImageInfo, Inspector, inspect_image
@@ -121,13 +122,8 @@ def default_branch(os_version: str) -> str:
 
 def local_requests(path: Path) -> list[Request]:
     """The local patches file (``{overcloud,undercloud}: [{path, project}]``), paths made absolute."""
-    try:
-        data = _LocalPatches.model_validate(yaml.safe_load(path.read_text()) or {})
-    except OSError as exc:
-        raise SettingsError(f"local patches file {path}: {exc.strerror}", "fix patching.local_patches") from None
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise SettingsError(f"local patches file {path}: {exc}",
-                            "it is {overcloud,undercloud}: [{path, project}]") from None
+    # Problems named like the settings files' (file, key, value, what is allowed).
+    data = validate_model(_LocalPatches, yamlfile.load_mapping(path, "local patches", empty_ok=True), path)
     out = []
     for side in SIDES:
         for entry in getattr(data, side):
