@@ -16,6 +16,7 @@ from apex_tools.core.config import DEFAULTS
 from apex_tools.core import yamlfile
 from apex_tools.core.console import EXIT_INTERNAL, EXIT_SETTINGS, internal_error
 from apex_tools.core.errors import ApexError, SettingsError
+from apex_tools.core.render_safety import shown
 from apex_tools.tasks import ns
 
 
@@ -42,7 +43,18 @@ class ApexConfig(Config):
     def _load_yaml(self, path: str) -> Any:
         if not os.path.lexists(path):
             raise FileNotFoundError(2, "No such file", path)  # Invoke's "not there, try the next"
-        return yamlfile.load_mapping(Path(path), "config", empty_ok=True)
+        data = yamlfile.load_mapping(Path(path), "config", empty_ok=True)
+        # Invoke merges the file into its defaults and calls a section given as a scalar "a bug".
+        for key, value in data.items():
+            if isinstance(self.global_defaults().get(key), dict) and not isinstance(value, dict):
+                raise SettingsError(f"config {path}: {key}: {shown(key, value)} is not a mapping (a section: "
+                                    f"{key}: followed by indented key: value lines)",
+                                    "fix the section named above; `apex config` shows every key")
+        return data
+
+    def load_shell_env(self) -> None:
+        """``APEX_*`` variables are read, cast and validated by ``core/config.py`` (naming the
+        variable when one is wrong); Invoke's own reading would fail on them with a bare ValueError."""
 
     _load_yml = _load_yaml
     _load_json = _load_yaml  # JSON is YAML

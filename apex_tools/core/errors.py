@@ -53,3 +53,7 @@ class NotBuiltError(ApexError):
 
 class LabError(ApexError):
     """A lab stand-in could not be generated, started or stopped."""
+
+
+class PatchError(ApexError):
+    """A patch is malformed or touches a path outside its target folder."""

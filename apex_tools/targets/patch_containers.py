@@ -46,7 +46,7 @@ from apex_tools.core.settings import validate_model
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
 from apex_tools.patching.gerrit import GerritClient, GerritUnreachable
 from apex_tools.registry.image_config import ImageInfo, Inspector, inspect_image
-from apex_tools.patching.patches import Location, PatchPart, load_projects, sort_patch
+from apex_tools.patching.patches import Location, PatchPart, check_patch, load_projects, sort_patch
 from apex_tools.core.reference import ImageRef
 from apex_tools.registry.auth import parse_time
 from apex_tools.registry.deployment import deployment_images, naming_of
@@ -273,6 +273,8 @@ class Planner:
             log.warning("%s: change is ABANDONED; skipping it", req.title)
             self._skip(req, "change is ABANDONED")
             return record
+        # Before any of it is sorted, written or built: no path out of its folder, no torn hunk.
+        check_patch(res.text, f"patch {req.title}" + (f" (revision {res.revision})" if req.change_id else ""))
         location: Location = self.table.locate(req.project, self.run.os_version, self.opts.patching.python_path)
         containers = self.run.deploy_settings.deploy_options.containers
         images = tuple(n for n in self.catalog.images_for_project(req.project) if n in self.images)
