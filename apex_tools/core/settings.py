@@ -67,8 +67,9 @@ class Patch(_Strict):
     """A Gerrit change to apply: ``{change-id, project, branch?}``."""
 
     change_id: str = Field(alias="change-id")
-    project: str = Field(min_length=1)
-    branch: str | None = None
+    # Both reach Gerrit URLs, cache file names and Dockerfile labels: names, not text.
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    branch: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
     @field_validator("change_id")
     @classmethod
