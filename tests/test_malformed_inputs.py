@@ -4,6 +4,7 @@ exit 3, never a secret, within seconds. The YAML bomb also runs under a memory c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, need
 from fake_gerrit import git_patch
 
 SECRET = "hunter2-s3cret"
@@ -190,9 +191,12 @@ def base_env(tmp_path: Path) -> dict[str, str]:
             "APEX_GERRIT_URL": f"http://127.0.0.1:{free_port()}", "APEX_REGISTRY_ADDRESS": f"127.0.0.1:{free_port()}"}
 
 
-def run_case(tmp_path: Path, case: Case, limit_memory: int = 0) -> tuple[subprocess.CompletedProcess[str], str]:
+def run_case(tmp_path: Path, case: Case, limit_memory: int = 0,
+             work_dir: Path | None = None) -> tuple[subprocess.CompletedProcess[str], str]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = base_env(tmp_path) | case.env
+    if work_dir is not None:
+        env["APEX_WORK_DIR"] = str(work_dir)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = ["deploy", "--dry-run"]
@@ -249,3 +253,26 @@ def test_a_yaml_bomb_under_a_512_mib_memory_cap_ends_in_seconds(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "aliases are not allowed" in result.stderr
         assert time.monotonic() - started < 10
+
+
+def test_a_full_disk_is_exit_1_naming_the_path_not_a_bug(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True)
+    need(mounted.returncode == 0, f"mounting a small tmpfs (root): {mounted.stderr.decode().strip()}")
+    try:
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        case = Case("patch", git_patch(CID, {"nova/api.py": ("a\n", "b\n")}), ())
+        env_root = tmp_path / "run"
+        env_root.mkdir()
+        result, _ = run_case(env_root, case, work_dir=full / "work")
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert result.returncode == 1, result.stderr
+    assert f"{full / 'work'}" in result.stderr and "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert "Logging error" not in result.stderr

@@ -64,9 +64,11 @@ def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator
         os.replace(tmp, path)
         if durable:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a write on the open file (disk full) names no path by itself
         raise
 
 
