@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -172,8 +172,9 @@ class _Strict(BaseModel):
     def _no_control_characters(cls, value: Any) -> Any:
         """No configuration value holds a newline or another control character: each may end up
         in a Dockerfile, a script, XML or YAML."""
-        if isinstance(value, str) and control_char(value):
-            raise ValueError(f"contains the control character {control_char(value)}; none is allowed")
+        text = str(value) if isinstance(value, (str, PurePath)) else ""
+        if control_char(text):
+            raise ValueError(f"contains the control character {control_char(text)}; none is allowed")
         return value
 
 
