@@ -14,8 +14,8 @@ from invoke import Config, Program
 from apex_tools import __version__
 from apex_tools.core.config import DEFAULTS
 from apex_tools.core import yamlfile
-from apex_tools.core.console import EXIT_INTERNAL, EXIT_SETTINGS, internal_error
-from apex_tools.core.errors import ApexError, SettingsError
+from apex_tools.core.console import EXIT_FAILED, EXIT_INTERNAL, EXIT_SETTINGS, internal_error
+from apex_tools.core.errors import ApexError, SettingsError, expected_os_error
 from apex_tools.core.render_safety import shown
 from apex_tools.tasks import ns
 
@@ -104,6 +104,12 @@ class ApexProgram(Program):
                 raise
             sys.exit(EXIT_SETTINGS)
         except Exception as exc:  # noqa: BLE001 - the program edge: whatever escaped is a bug
+            expected = expected_os_error(exc, os.getcwd())
+            if expected is not None:  # ... unless the machine failed: disk full, read-only, permissions
+                print(f"apex: {expected}", file=sys.stderr)
+                if not exit:
+                    raise
+                sys.exit(EXIT_FAILED)
             print(internal_error(exc, verbose="--verbose" in words), file=sys.stderr)
             if not exit:
                 raise

@@ -87,10 +87,16 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
     with contextlib.suppress(FileNotFoundError):
         if Path(path).read_bytes() == raw:
             if os.stat(path).st_mode & 0o7777 != mode:
-                os.chmod(path, mode)
+                os.chmod(path, mode)  # a secrets file found readable by others
             return False
     atomic_write(path, raw, mode)
     return True
+
+
+def make_private(path: Path) -> None:
+    """Make an existing secrets file 0600 (owner only), whatever mode it was found with."""
+    if os.stat(path).st_mode & 0o7777 != 0o600:
+        os.chmod(path, 0o600)
 
 
 DIGEST_KEY = "digest.key"

@@ -128,3 +128,13 @@ def test_a_secrets_file_with_the_same_content_is_made_private_again(tmp_path):
     path.chmod(0o644)
     assert write_if_changed(path, "{}", mode=0o600) is False
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_ceph_secrets_found_readable_are_made_private(tmp_path):
+    from apex_tools.diskimage.storage_env import ensure_secrets, secrets_path
+
+    first, new = ensure_secrets(tmp_path)
+    assert new and secrets_path(tmp_path).stat().st_mode & 0o777 == 0o600
+    secrets_path(tmp_path).chmod(0o644)
+    again, new = ensure_secrets(tmp_path)
+    assert (again, new) == (first, False) and secrets_path(tmp_path).stat().st_mode & 0o777 == 0o600
