@@ -20,6 +20,10 @@ from apex_tools.core.render_safety import shown
 from apex_tools.tasks import ns
 
 
+# The config files looked for: never .py (Invoke would execute it), nor .json.
+SUFFIXES = ("yaml", "yml")
+
+
 class ApexConfig(Config):
     """Files ``/etc/apex.yaml``, ``~/.apex.yaml``, ``./apex.yaml``; env prefix ``APEX_``.
 
@@ -31,9 +35,13 @@ class ApexConfig(Config):
 
     prefix = "apex"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._set(_file_suffixes=SUFFIXES)  # for a lazy config (a clone) loading files later
+
     def load_base_conf_files(self) -> None:
-        # Invoke's __init__ sets its suffixes, then loads /etc and ~ through here.
-        self._set(_file_suffixes=("yaml", "yml"))
+        # Invoke's __init__ sets its suffixes, then (unless lazy) loads /etc and ~ through here.
+        self._set(_file_suffixes=SUFFIXES)
         super().load_base_conf_files()
 
     @staticmethod

@@ -262,6 +262,8 @@ def _describe(model: type[BaseModel], data: Any, err: dict[str, Any]) -> str:
 
 
 def validate_model(model: type[M], data: Any, path: Path, checks: Callable[[M], list[str]] | None = None) -> M:
+    """``data`` (read from ``path``) as ``model``, or one SettingsError listing every problem with
+    the key path, the value (secrets masked, long values cut) and what is allowed."""
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
