@@ -20,7 +20,7 @@ from invoke.exceptions import Exit
 from apex_tools.catalog.images import ceph_defaults_shown
 from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name, settings_path
 from apex_tools.core.console import EXIT_FAILED, EXIT_INTERNAL, EXIT_SETTINGS, Output, internal_error, one_line
-from apex_tools.core.errors import ApexError
+from apex_tools.core.errors import ApexError, expected_os_error
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
@@ -106,7 +106,11 @@ def run_targets(
                 except ApexError as exc:
                     result, error = TargetResult(name, Status.FAILED, [exc.message.splitlines()[0]]), exc
                 except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in the log
-                    result, bug = TargetResult(name, Status.FAILED, [f"internal error: {one_line(exc)}"]), exc
+                    expected = expected_os_error(exc, options.work_dir)  # disk full, read-only: not a bug
+                    if expected is not None:
+                        result, error = TargetResult(name, Status.FAILED, [expected.message]), expected
+                    else:
+                        result, bug = TargetResult(name, Status.FAILED, [f"internal error: {one_line(exc)}"]), exc
                 result.seconds = time.monotonic() - started
                 results.append(result)
                 out.log.info("%s: %s", name, result.status.value)
@@ -114,6 +118,10 @@ def run_targets(
                     break
     except ApexError as exc:  # the lock, before any target ran
         error = exc
+    except OSError as exc:  # taking the lock on a full or read-only work dir
+        error = expected_os_error(exc, options.work_dir)
+        if error is None:
+            raise
     if results:
         out.summary(results, as_json=json)
     if bug is not None:
@@ -275,6 +283,8 @@ def show_config(c: Context, key: str = "") -> None:
         raise Exit(f"apex: unknown key {key!r}; one of: {', '.join(KNOWN_KEYS)}", code=EXIT_SETTINGS)
     width = max(len(k) for k in keys)
     derived = _release_defaults(effective)
+    if not key:
+        print(_project_file_line(c.config))
     for name in keys:
         value, source = effective.values[name], effective.sources[name]
         if name.endswith("password") and value:
@@ -282,6 +292,14 @@ def show_config(c: Context, key: str = "") -> None:
         if value == "" and name in derived:
             value, source = derived[name]
         print(f"{name:<{width}}  {value!s:<40}  # {source}  (env {env_name(name)})")
+
+
+def _project_file_line(config: Config) -> str:
+    """Which project file (``apex.yaml`` in the working directory) this run read, or that none is there."""
+    path = getattr(config, "_project_path", None)
+    if path:
+        return f"# project file: {path}"
+    return f"# project file: none (no apex.yaml or apex.yml in {os.getcwd()})"
 
 
 def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:

@@ -29,6 +29,8 @@ class FakeChange:
     submitted: str | None = None  # "2018-06-11 15:23:55.000000000" (Gerrit's format, UTC)
     number: int = 1000
     patchset: int = 1
+    # A hostile (or broken) Gerrit: these fields replace the real ones in the change's JSON answer.
+    answer: dict[str, object] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -97,10 +99,11 @@ def _handler(gerrit: FakeGerrit) -> type[BaseHTTPRequestHandler]:
                 }
                 if change.submitted:
                     data["submitted"] = change.submitted
+                data.update(change.answer)
                 body = (")]}'\n" + json.dumps(data)).encode()
                 self._send(200, body, "application/json; charset=utf-8")
             elif len(parts) == 6 and parts[3] == "revisions" and parts[5] == "patch" and parts[4] == change.revision:
-                self._send(200, base64.b64encode(change.patch.encode()), "text/plain; charset=ISO-8859-1",
+                self._send(200, base64.b64encode(change.patch.encode("utf-8", "surrogateescape")), "text/plain; charset=ISO-8859-1",
                            {"X-FYI-Content-Encoding": "base64", "X-FYI-Content-Type": "application/mbox"})
             else:
                 self._send(404, b"Not found", "text/plain")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from apex_tools.core.errors import SettingsError
+from apex_tools.core.render_safety import control_char, shown
 from apex_tools.core.resources import data_path
 
 ENV_PREFIX = "APEX_"
@@ -156,8 +157,28 @@ DEFAULTS: dict[str, Any] = {
 BUILDERS = ("docker", "buildah")
 
 
+# Values that reach a shell line, a root script or a document, and what they may hold.
+_PATH = r"^/[A-Za-z0-9._+@%=,/-]*$"
+_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+ALLOWED = {
+    _PATH: "an absolute path of letters, digits and . _ + @ % = , - /",
+    r"^(/[A-Za-z0-9._+@%=,/-]*)?$": "empty, or an absolute path of letters, digits and . _ + @ % = , - /",
+    _USER: "a login name: lowercase letters, digits, _ and -, starting with a letter or _, at most 32",
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """No configuration value holds a newline or another control character: each may end up
+        in a Dockerfile, a script, XML or YAML."""
+        text = str(value) if isinstance(value, (str, PurePath)) else ""
+        if control_char(text):
+            raise ValueError(f"contains the control character {control_char(text)}; none is allowed")
+        return value
 
 
 class _RegistryAccess(_Strict):
@@ -207,7 +228,8 @@ class FetchOptions(_Strict):
 
 
 class PatchingOptions(_Strict):
-    python_path: str
+    # Becomes `RUN cd <python_path>` in the generated Dockerfiles.
+    python_path: str = Field(pattern=r"^(/[A-Za-z0-9._+@%=,/-]*)?$")
     drop: str
     local_patches: str
     odl_repo_url: str
@@ -220,7 +242,8 @@ class PatchingOptions(_Strict):
 class UndercloudOptions(_Strict):
     driver: Literal["libvirt", "existing", "local"]
     host: str
-    user: str = Field(min_length=1)
+    # Becomes a user in a root script in the guest and /etc/sudoers.d/<user>.
+    user: str = Field(pattern=_USER)
     port: int = Field(ge=1, le=65535)
     ssh_key: str
     wait_timeout: float = Field(gt=0)
@@ -235,7 +258,8 @@ class UndercloudOptions(_Strict):
     vcpus: int = Field(ge=1, le=256)
     disk_size: str = Field(pattern=r"^[1-9][0-9]*[MGT]$")
     pool: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    pool_path: str = Field(pattern=r"^/")
+    # Written into libvirt's pool XML.
+    pool_path: str = Field(pattern=_PATH)
     libvirt_uri: str = Field(min_length=1)
     nat_network: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -336,7 +360,7 @@ def _cast(key: str, raw: str, source: str) -> Any:
         if lowered in ("0", "false", "no", "off", ""):
             return False
         raise SettingsError(
-            f"{source}: {key}: {raw!r} is not a boolean",
+            f"{source}: {key}: {shown(key, raw)} is not a boolean",
             "use one of 1/true/yes/on or 0/false/no/off",
         )
     if isinstance(default, (int, float)):
@@ -344,7 +368,7 @@ def _cast(key: str, raw: str, source: str) -> Any:
             return type(default)(raw)
         except ValueError:
             raise SettingsError(
-                f"{source}: {key}: {raw!r} is not a number", f"give {key} as a {type(default).__name__}"
+                f"{source}: {key}: {shown(key, raw)} is not a number", f"give {key} as a {type(default).__name__}"
             ) from None
     return raw
 
@@ -375,7 +399,8 @@ def _unknown_keys(layer: Layer, foreign_keys: frozenset[str]) -> list[str]:
     for key, value in layer.data.items():
         if key in _SECTIONS:
             if not isinstance(value, Mapping):
-                problems.append(f"{layer.source}: {key}: {value!r} is not a mapping")
+                problems.append(f"{layer.source}: {key}: {shown(key, value)} is not a mapping (a section: "
+                                f"{key}: followed by indented key: value lines)")
                 continue
             for sub in value:
                 if f"{key}.{sub}" not in KNOWN_KEYS:
@@ -404,7 +429,9 @@ def resolve(layers: Iterable[Layer], foreign_keys: frozenset[str] = frozenset())
     except ValidationError as exc:
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{sources.get(key, 'default')}: {key}: {values.get(key)!r}: {err['msg']}")
+            pattern = (err.get("ctx") or {}).get("pattern")
+            msg = f"allowed: {ALLOWED[pattern]}" if pattern in ALLOWED else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{sources.get(key, 'default')}: {key}: {shown(key, values.get(key))}: {msg}")
     if problems:
         raise SettingsError(
             "invalid configuration:\n  " + "\n  ".join(problems),
@@ -430,11 +457,15 @@ def effective_config(
 def settings_path(value: str, kind: str) -> Path:
     """A settings value as a file: a path as given, or a bundled file by name (``config/<kind>/``)."""
     path = Path(value).expanduser()
-    if path.suffix in (".yaml", ".yml") or "/" in value or path.exists():
+    if path.suffix in (".yaml", ".yml") or "/" in value:
         return path
+    # A bare name is a bundled file first: a `lab` entry in the working directory never
+    # shadows the bundled inventory `lab` (give ./lab to mean that one).
     bundled = data_path("config", kind, value + ".yaml") if kind else data_path("config", value + ".yaml")
     if bundled.is_file():
         return bundled
+    if path.exists():
+        return path
     folder = data_path("config", kind) if kind else data_path("config")
     names = sorted(p.stem for p in folder.glob("*.yaml"))
     raise SettingsError(

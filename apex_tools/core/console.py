@@ -73,6 +73,14 @@ def internal_error(exc: BaseException, log_file: Path | None = None, verbose: bo
     return f"apex: internal error (a bug in apex-tools, please report it): {one_line(exc)}; traceback in {where}"
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """The log file: when it cannot be written (disk full), the run goes on and its own error
+    says what failed; logging's multi-line "--- Logging error ---" report is not printed."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 class Output:
     """Where a task's words go: stderr for logs and progress, stdout for the summary."""
 
@@ -99,7 +107,7 @@ class Output:
         logger.addHandler(screen)
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            to_file = logging.FileHandler(log_file)
+            to_file = _QuietFileHandler(log_file)
             to_file.setFormatter(logging.Formatter(LOG_FORMAT))
             to_file.setLevel(logging.DEBUG)
             logger.addHandler(to_file)

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_origin
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from apex_tools.core import yamlfile
 from apex_tools.core.errors import SettingsError
+from apex_tools.core.render_safety import shown
 
 OS_VERSIONS = ("queens", "rocky", "stein", "train", "ussuri", "victoria", "wallaby", "master")
 ODL_VERSIONS = ("carbon", "nitrogen", "oxygen", "fluorine", "neon", "master")
@@ -66,8 +67,9 @@ class Patch(_Strict):
     """A Gerrit change to apply: ``{change-id, project, branch?}``."""
 
     change_id: str = Field(alias="change-id")
-    project: str = Field(min_length=1)
-    branch: str | None = None
+    # Both reach Gerrit URLs, cache file names and Dockerfile labels: names, not text.
+    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    branch: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
     @field_validator("change_id")
     @classmethod
@@ -198,21 +200,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _read_yaml(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SettingsError(f"{what} {path}: no such file", "give the path of an existing file") from None
-    except OSError as exc:
-        raise SettingsError(f"{what} {path}: cannot read: {exc.strerror}", "check the path and its permissions") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SettingsError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}", "fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: (top level): {data!r}: expected a mapping", f"a {what} file is a YAML mapping")
-    return data
+    # Bounded, regular, UTF-8, no aliases, no duplicate keys, a mapping (core/yamlfile.py).
+    return yamlfile.load_mapping(path, what)
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
@@ -268,10 +257,13 @@ def _describe(model: type[BaseModel], data: Any, err: dict[str, Any]) -> str:
         msg = f"expected a list of {LIST_ITEMS[key]}" if key in LIST_ITEMS else "expected a list"
     elif err["type"] in ("dict_type", "model_type", "model_attributes_type"):
         msg = "expected a mapping (key: value lines)"
-    return f"{path}: {value!r}: {msg}"
+    key = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    return f"{path}: {shown(key, value)}: {msg}"
 
 
-def _validate(model: type[M], data: Any, path: Path, checks: Callable[[M], list[str]] | None = None) -> M:
+def validate_model(model: type[M], data: Any, path: Path, checks: Callable[[M], list[str]] | None = None) -> M:
+    """``data`` (read from ``path``) as ``model``, or one SettingsError listing every problem with
+    the key path, the value (secrets masked, long values cut) and what is allowed."""
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
@@ -333,17 +325,17 @@ def _network_checks(ns: NetworkSettings) -> list[str]:
 
 def load_deploy_settings(path: Path) -> DeploySettings:
     """Read and validate an Apex deploy settings file."""
-    return _validate(DeploySettings, _read_yaml(path, "deploy settings"), path, _deploy_checks)
+    return validate_model(DeploySettings, _read_yaml(path, "deploy settings"), path, _deploy_checks)
 
 
 def load_network_settings(path: Path) -> NetworkSettings:
     """Read and validate an Apex network settings file."""
-    return _validate(NetworkSettings, _read_yaml(path, "network settings"), path, _network_checks)
+    return validate_model(NetworkSettings, _read_yaml(path, "network settings"), path, _network_checks)
 
 
 def load_patches_file(path: Path) -> PatchesFile:
     """Read and validate the common patches file (``patches: {<os_version>: {undercloud, overcloud}}``)."""
-    return _validate(PatchesFile, _read_yaml(path, "patches"), path)
+    return validate_model(PatchesFile, _read_yaml(path, "patches"), path)
 
 
 def merged_patches(ds: DeploySettings, common: PatchesFile) -> PatchSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -63,9 +64,11 @@ def atomic_file(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator
         os.replace(tmp, path)
         if durable:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a write on the open file (disk full) names no path by itself
         raise
 
 
@@ -76,13 +79,68 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool
 
 
 def write_if_changed(path: Path, data: bytes | str, mode: int = 0o644) -> bool:
-    """Atomically write ``data`` unless ``path`` already holds exactly it; True when written."""
+    """Atomically write ``data`` unless ``path`` already holds exactly it; True when written.
+
+    The mode is enforced either way: a secrets file found with the same content but another
+    mode (0644 from an older run, or a hand copy) is made ``mode`` again."""
     raw = data.encode() if isinstance(data, str) else data
     with contextlib.suppress(FileNotFoundError):
         if Path(path).read_bytes() == raw:
+            if os.stat(path).st_mode & 0o7777 != mode:
+                os.chmod(path, mode)  # a secrets file found readable by others
             return False
     atomic_write(path, raw, mode)
     return True
+
+
+def make_private(path: Path) -> None:
+    """Make an existing secrets file 0600 (owner only), whatever mode it was found with."""
+    if os.stat(path).st_mode & 0o7777 != 0o600:
+        os.chmod(path, 0o600)
+
+
+DIGEST_KEY = "digest.key"
+
+
+def _digest_key(work_dir: Path, create: bool) -> bytes:
+    path = Path(work_dir) / "state" / DIGEST_KEY
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not create:
+                # A dry run before any real run: nothing recorded can match anyway.
+                return os.urandom(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue  # another run made it first: read theirs
+            with os.fdopen(fd, "wb") as out:
+                key = os.urandom(32)
+                out.write(key)
+                out.flush()
+                os.fsync(out.fileno())
+            return key
+        with os.fdopen(fd, "rb") as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o077:
+                os.fchmod(handle.fileno(), 0o600)
+            key = handle.read(64)
+        if len(key) == 32:
+            return key
+        raise StateError(f"{path}: damaged digest key ({len(key)} bytes, not 32)",
+                         "delete it: the next run makes a new one (and redoes what it fingerprinted)")
+    raise StateError(f"{path}: cannot be read or created", "check the work dir's permissions")
+
+
+def keyed_digest(work_dir: Path, data: bytes | str, create: bool = True) -> str:
+    """An HMAC-SHA256 of ``data`` under the work dir's own random key (``state/digest.key``, 0600).
+
+    For records of secret-bearing files (instackenv.json holds the IPMI passwords): a plain
+    sha256 in a readable record would let anyone confirm a password guess offline; this digest
+    still says "changed or not" but means nothing without the key."""
+    raw = data.encode() if isinstance(data, str) else data
+    return "hmac-sha256:" + hmac.new(_digest_key(work_dir, create), raw, hashlib.sha256).hexdigest()
 
 
 def file_stamp(path: Path) -> dict[str, int] | None:

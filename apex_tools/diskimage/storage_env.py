@@ -24,7 +24,7 @@ import yaml
 
 from apex_tools.core.config import CephOptions
 from apex_tools.core.errors import StateError
-from apex_tools.core.state import atomic_write
+from apex_tools.core.state import atomic_write, make_private
 
 SECRETS_FILE = "ceph-secrets.json"
 KEY_PARAMETERS = ("CephAdminKey", "CephClientKey", "CephMonKey")
@@ -102,6 +102,7 @@ def ensure_secrets(work_dir: Path, loaded: ClusterSecrets | None = None) -> tupl
     them (0600) the first time; True when new."""
     existing = loaded or load_secrets(work_dir)
     if existing is not None:
+        make_private(secrets_path(work_dir))  # copied or restored with another mode: 0600 again
         return existing, False
     fresh = ClusterSecrets.generate()
     body = json.dumps(fresh.parameters(), indent=2, sort_keys=True) + "\n"

@@ -203,8 +203,12 @@ class Downloader:
         policy: RetryPolicy | None = None,
         progress: ProgressFactory = null_progress,
         sleep: Callable[[float], None] = time.sleep,
+        require_checksum: bool = True,
     ) -> None:
         self.session = session or default_session()
+        # A file nothing verified is never cached as good: it needs a sidecar or a pinned sha256
+        # (only benchmarks of the bare transfer turn this off).
+        self.require_checksum = require_checksum
         self.policy = policy or RetryPolicy()
         self.progress = progress
         self.sleep = sleep
@@ -265,19 +269,31 @@ class Downloader:
             # Read the cache only under the lock: another run may have just finished it.
             cached = None if force else cached_validators(dest)
             if offline:
-                return self._offline(url, dest, cached)
+                return self._offline(url, dest, cached, pinned or {})
             source = local_source(url)
             if source is not None:
                 return self._fetch_local(source, url, dest, cached, pinned or {})
             return self._fetch_http(url, dest, cached, pinned or {})
 
-    def _offline(self, url: str, dest: Path, cached: Validators | None) -> Fetched:
+    def _offline(self, url: str, dest: Path, cached: Validators | None, pinned: Mapping[str, str]) -> Fetched:
         if cached is not None:
             return Fetched(dest.name, dest, "up to date", cached, note="cached; not revalidated (--no-fetch)")
         if dest.is_file():
-            log.warning("%s: using a file with no download record (--no-fetch): it is not verified", dest)
-            return Fetched(dest.name, dest, "up to date", Validators(url, size=dest.stat().st_size),
-                           note="present, never verified (--no-fetch)")
+            # Put there by hand, or recorded unverified: good only when it matches a pinned digest.
+            expected = [Expected(a, v.lower(), "pinned in config") for a, v in pinned.items() if v]
+            if not expected and self.require_checksum:
+                raise DownloadError(f"{dest} has no verified download record and --no-fetch forbids fetching it",
+                                    "pin its sha256 in fetch.<artifact>_sha256, or run once without --no-fetch")
+            hashes = Hashes.checking(expected)
+            hashes.update_from(dest)
+            for e, got in hashes.mismatches(expected)[:1]:
+                raise DownloadError(f"{dest}: {e.algo} mismatch: expected {e.hexdigest} ({e.source}), got {got}",
+                                    "the file is not the pinned one: delete it, or fix fetch.<artifact>_sha256")
+            st = dest.stat()
+            final = Validators(url, size=st.st_size, digests={e.algo: e.hexdigest for e in expected},
+                               mtime_ns=st.st_mtime_ns)
+            write_validators(meta_path(dest), final)
+            return Fetched(dest.name, dest, "up to date", final, note="present; " + ", ".join(verified(expected)))
         raise DownloadError(
             f"{dest.name} is not cached in {dest.parent} and --no-fetch forbids downloading it from {url}",
             "run once without --no-fetch (or APEX_NO_FETCH=0), or put the file there by hand",
@@ -417,9 +433,12 @@ class Downloader:
         if total >= 0 and body.hashes.count != total:
             raise _Transient(f"body ended at {human_size(body.hashes.count)} of {human_size(total)}")
 
-    @staticmethod
-    def _expected(name: str, pinned: Mapping[str, str], read_sidecar: SidecarReader, hint: str) -> list[Expected]:
-        """Digests to check: a pinned one from config, then the source's sidecars."""
+    def _expected(self, name: str, pinned: Mapping[str, str], read_sidecar: SidecarReader, hint: str) -> list[Expected]:
+        """Digests to check: a pinned one from config, then the source's sidecars.
+
+        A sidecar must parse as a checksum of ``name``: an HTML page (a mirror's soft 404) or
+        garbage is an error, not "no checksum", unless a pinned digest makes it irrelevant; and
+        with neither a sidecar nor a pin the file cannot be verified, which is an error too."""
         expected = [Expected(algo, value.lower(), "pinned in config") for algo, value in pinned.items() if value]
         for algo in SIDECARS:
             found = read_sidecar(algo)
@@ -428,20 +447,25 @@ class Downloader:
             text, where = found
             digest = parse_sidecar(text, name, algo)
             if digest is None:
-                raise DownloadError(f"{where}: no {algo} digest for {name} in it", hint)
+                what = "is an HTML page, not a checksum file" if "<html" in text[:4096].lower() else \
+                    f"holds no {algo} digest for {name}"
+                if pinned:
+                    log.warning("%s %s; relying on the pinned digest", where, what)
+                    continue
+                raise DownloadError(f"{where} {what}", hint + "; or pin the file's sha256 in fetch.<artifact>_sha256")
             expected.append(Expected(algo, digest, where))
+        if not expected and self.require_checksum:
+            raise DownloadError(
+                f"{name}: upstream publishes no checksum ({', '.join('.' + a for a in SIDECARS)}) and none is pinned; "
+                "an unverified file is never used",
+                "pin its sha256 in fetch.<artifact>_sha256 (fetch.overcloud_sha256, fetch.ipa_sha256, "
+                "fetch.undercloud_sha256)")
         return expected
 
     def _http_sidecar(self, url: str, name: str) -> SidecarReader:
         def read(algo: str) -> tuple[str, str] | None:
             text = self._small_get(f"{url}.{algo}")
-            if text is None:
-                return None
-            if parse_sidecar(text, name, algo) is None and "<html" in text.lower():
-                # Some mirrors answer a missing file with a 200 HTML page: that is "no sidecar".
-                log.warning("%s.%s is an HTML page, not a checksum file; ignoring it", url, algo)
-                return None
-            return text, f"{url}.{algo}"
+            return None if text is None else (text, f"{url}.{algo}")
 
         return read
 
@@ -488,7 +512,7 @@ class Downloader:
             return Fetched(dest.name, dest, "up to date", cached, note="up to date (local source unchanged)")
         def read_sidecar(algo: str) -> tuple[str, str] | None:
             sidecar = source.with_name(f"{source.name}.{algo}")
-            return (sidecar.read_text(), str(sidecar)) if sidecar.is_file() else None
+            return (sidecar.read_bytes()[:1 << 16].decode("utf-8", "replace"), str(sidecar)) if sidecar.is_file() else None
 
         expected = self._expected(source.name, pinned, read_sidecar, "fix or remove the checksum file")
         started = time.monotonic()

@@ -87,7 +87,8 @@ def cached_validators(dest: Path) -> Validators | None:
         return None
     if validators is None or (st.st_size, st.st_mtime_ns) != (validators.size, validators.mtime_ns):
         return None
-    return validators
+    # Recorded without any verified digest (an older apex, or an unverified copy): never "up to date".
+    return validators if validators.digests else None
 
 
 @contextlib.contextmanager

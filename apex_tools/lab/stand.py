@@ -16,10 +16,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apex_tools.catalog.images import load_catalog
-import yaml
 
+from apex_tools.core import yamlfile
 from apex_tools.core.config import Layer, Options
-from apex_tools.core.errors import LabError, SettingsError
+from apex_tools.core.errors import LabError
 from apex_tools.core.resources import data_path
 from apex_tools.core.run import RunContext
 from apex_tools.core.state import atomic_write
@@ -43,11 +43,7 @@ def lab_config_path() -> Path:
 def lab_layer() -> Layer:
     """``config/lab.yaml`` as a config file layer (what ``-f config/lab.yaml`` loads)."""
     path = lab_config_path()
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"lab configuration {path}: cannot read it: {exc}", "restore config/lab.yaml") from None
-    return Layer(f"lab file {path}", data)
+    return Layer(f"lab file {path}", yamlfile.load_mapping(path, "lab configuration", empty_ok=True))
 
 
 @dataclass(frozen=True)

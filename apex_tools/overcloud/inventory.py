@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from apex_tools.core.errors import SettingsError
-from apex_tools.core.settings import _read_yaml, _Strict, _validate
+from apex_tools.core.settings import _read_yaml, _Strict, validate_model
 
 PROFILES = ("control", "compute")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -121,7 +121,7 @@ def _inventory_checks(data: _InventoryFile) -> list[str]:
 
 def load_inventory(path: Path) -> Inventory:
     """Read and validate an Apex inventory file (every problem at once, naming file, key and value)."""
-    data = _validate(_InventoryFile, _read_yaml(path, "inventory"), path, _inventory_checks)
+    data = validate_model(_InventoryFile, _read_yaml(path, "inventory"), path, _inventory_checks)
     return Inventory(path, dict(data.nodes))
 
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from apex_tools.core.errors import GerritError
+from apex_tools.core.render_safety import shown
 from apex_tools.http.download import why
 from apex_tools.http.retry import CappedRetry
 from apex_tools.core.state import atomic_write
@@ -74,21 +76,46 @@ def strip_xssi(text: str) -> str:
     return text[len(XSSI_PREFIX):].lstrip("\r\n") if text.startswith(XSSI_PREFIX) else text
 
 
-def _change_from(data: dict[str, Any], project: str, branch: str, change_id: str) -> Change:
+REVISION = re.compile(r"^[0-9a-f]{40}$")
+STATUSES = ("NEW", "MERGED", "ABANDONED", "DRAFT")
+
+
+def _change_from(data: Any, project: str, branch: str, change_id: str) -> Change:
+    """The change in Gerrit's answer, which must be about the change asked for.
+
+    The revision becomes a cache file name and Dockerfile text, so it must be 40 hex digits;
+    a project, branch or Change-Id other than the requested ones is refused, not taken."""
+    what = f"change {change_id} ({project}, {branch})"
+    hint = ("the server at gerrit.url is not answering like Gerrit (or the answer was tampered with): "
+            "use an https gerrit.url you trust")
+    if not isinstance(data, dict):
+        raise GerritError(f"{what}: Gerrit's answer is not a JSON object", hint)
     revision = data.get("current_revision")
     if not revision:
         raise GerritError(
-            f"change {change_id} ({project}, {branch}): Gerrit's answer has no current_revision",
+            f"{what}: Gerrit's answer has no current_revision",
             "the Gerrit server must support ?o=CURRENT_REVISION (any Gerrit since 2.x does)",
         )
-    return Change(
-        project=data.get("project", project),
-        branch=data.get("branch", branch),
-        change_id=data.get("change_id", change_id),
-        status=data.get("status", "NEW"),
-        revision=revision,
-        submitted=parse_gerrit_time(data.get("submitted")),
-    )
+    if not isinstance(revision, str) or not REVISION.match(revision):
+        raise GerritError(f"{what}: Gerrit's current_revision {shown(None, revision)} is not 40 hex digits", hint)
+    asked = {"project": project, "branch": branch.removeprefix("refs/heads/"), "change_id": change_id}
+    for key, want in asked.items():
+        got = data.get(key, want)
+        if isinstance(got, str) and key == "branch":
+            got = got.removeprefix("refs/heads/")
+        if got != want:
+            raise GerritError(f"{what}: Gerrit answered for {key} {shown(None, got)}, not the requested {want!r}",
+                              hint)
+    status = data.get("status", "NEW")
+    if status not in STATUSES:
+        raise GerritError(f"{what}: Gerrit's status {shown(None, status)} is none of {', '.join(STATUSES)}", hint)
+    try:
+        submitted = parse_gerrit_time(data.get("submitted"))
+    except (TypeError, ValueError, AttributeError):
+        raise GerritError(f"{what}: Gerrit's submitted time {shown(None, data.get('submitted'))} is not "
+                          "'YYYY-MM-DD hh:mm:ss'", hint) from None
+    return Change(project=project, branch=branch, change_id=change_id, status=status, revision=revision,
+                  submitted=submitted)
 
 
 def session_with_retries(tries: int) -> requests.Session:

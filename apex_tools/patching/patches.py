@@ -16,7 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from apex_tools.core.errors import SettingsError
+from apex_tools.core.errors import PatchError, SettingsError
+from apex_tools.core.render_safety import control_char
 from apex_tools.core.resources import data_path
 from apex_tools.core.settings import short_name
 
@@ -55,6 +56,65 @@ def join_diff(preamble: str, sections: list[Section]) -> str:
 def matches(path: str, patterns: tuple[str, ...]) -> bool:
     """True when ``path`` matches one of the shell ``patterns`` (``*`` crosses folders)."""
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+# Extended git headers naming a path as it is (no a/ b/ prefix).
+_PATH_HEADERS = ("rename from ", "rename to ", "copy from ", "copy to ")
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` (as a diff names it) could land outside the target folder, or None."""
+    if path == "/dev/null":
+        return None
+    if not path:
+        return "is empty"
+    if path.startswith("/"):
+        return "is absolute"
+    if ".." in path.split("/"):
+        return "climbs out with .."
+    if control_char(path):
+        return f"holds the control character {control_char(path)}"
+    return None
+
+
+def check_patch(text: str, what: str) -> None:
+    """Refuse a patch that is no git-style diff, whose hunks are cut short, or that names a path
+    which is absolute or climbs out with ``..`` (in ``diff --git``, ``---``/``+++`` or rename/copy
+    headers), before anything applies it. ``what`` names the patch in the error."""
+    hint = "the patch must be a git-style diff of files inside its project; fix or drop it"
+    _, sections = split_diff(text)
+    if not sections:
+        raise PatchError(f"{what}: not a git-style patch (no `diff --git` file section)", hint)
+    for section in sections:
+        old = new = 0
+        for number, line in enumerate(section.text.splitlines(), 1):
+            if old > 0 or new > 0:  # inside a hunk: content, not headers
+                tag = line[:1]
+                if tag not in (" ", "-", "+", "\\") and line:
+                    raise PatchError(f"{what}: {section.path}: hunk cut short at its line {number}: {line[:60]!r}",
+                                     hint)
+                old -= tag in (" ", "-") or not line
+                new -= tag in (" ", "+") or not line
+                continue
+            paths: list[str] = []
+            if number == 1:
+                match = _DIFF.match(line)
+                paths = [match["a"], match["b"]] if match else []
+            elif line.startswith(("--- ", "+++ ")):
+                name = line[4:].split("\t", 1)[0]
+                paths = [name, name.split("/", 1)[-1]]  # as written, and as patch -p1 reads it
+            elif line.startswith(_PATH_HEADERS):
+                paths = [line.split(" ", 2)[2]]
+            elif hunk := _HUNK.match(line):
+                old, new = int(hunk[1] or 1), int(hunk[2] or 1)
+            for path in paths:
+                problem = _path_problem(path)
+                if problem:
+                    raise PatchError(f"{what}: path {path!r} {problem}; refusing the patch", hint)
+        if old > 0 or new > 0:
+            raise PatchError(f"{what}: {section.path}: the last hunk is cut short ({old} old and {new} new "
+                             "lines missing)", hint)
 
 
 def diff_paths(text: str) -> list[str]:

@@ -10,7 +10,6 @@ including the pre-flight, and the target ends ``ready``: the command is written,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from apex_tools.core.config import settings_path
 from apex_tools.core.errors import ApexError, UndercloudError
 from apex_tools.core.reference import ImageRef
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
-from apex_tools.core.state import Record, file_stamp, fingerprint, write_if_changed
+from apex_tools.core.state import Record, file_stamp, fingerprint, keyed_digest, write_if_changed
 from apex_tools.core.workdir import (
     CEPH_LOOP,
     CUSTOM_IMAGE,
@@ -74,10 +73,6 @@ class _Deploy:
     home: str = ""
 
 
-def _digest(data: bytes | str) -> str:
-    return "sha256:" + hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
-
-
 def _missing_inputs(run: RunContext) -> list[str]:
     """What the other targets should have written, named with the target that writes it."""
     work = run.options.work_dir
@@ -126,6 +121,11 @@ def _check(run: RunContext) -> _Deploy:
         NETWORK_DATA: environments.network_data(),
     }
     work = options.work_dir
+
+    def _digest(data: bytes | str) -> str:
+        # Keyed: instackenv.json holds the IPMI passwords, and this record is readable.
+        return keyed_digest(work, data, create=not run.dry_run)
+
     inputs = {name: _digest(text) for name, text in files.items()}
     for name in (PARAMETER_FILE, STORAGE_ENV):
         if name != STORAGE_ENV or plan.ceph:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import posixpath
 import shutil
 import tarfile
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apex_tools.core.config import Options
+from apex_tools.core.render_safety import control_char
 from apex_tools.http.download import Downloader, RetryPolicy, human_size, join_url
 from apex_tools.core.errors import DownloadError, ImageError
 from apex_tools.http.filecache import Validators, artifact_lock, cached_validators
@@ -34,6 +36,8 @@ from apex_tools.core.workdir import (
 )
 
 log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
 
 TARGET = FETCH_IMAGES
 
@@ -201,32 +205,55 @@ def unpack_if_changed(
 
 
 def check_members(tarball: Path, members: list[tarfile.TarInfo]) -> None:
-    """Refuse a tarball with a member that could land outside its folder, a link out, or a device."""
+    """Refuse a tarball with anything but regular files and folders, or a name that could land
+    outside its folder.
+
+    RDO's tarballs hold a few plain files. Links are refused rather than resolved: a chain of
+    symlinks, each harmless alone, is how a lexical check is defeated (``a -> .``, ``a/b -> ..``,
+    then ``a/b/x``), and Debian's Python 3.11.2 has no tarfile data filter to catch it."""
+    seen: set[str] = set()
     for member in members:
         name = member.name
-        problem = None
         normal = posixpath.normpath(name)
+        problem = None
         if name.startswith("/") or posixpath.isabs(normal):
             problem = "is an absolute path"
-        elif normal == ".." or normal.startswith("../"):
+        elif normal == ".." or normal.startswith("../") or ".." in name.split("/"):
             problem = "escapes the folder"
-        elif member.ischr() or member.isblk() or member.isfifo() or not (
-            member.isfile() or member.isdir() or member.issym() or member.islnk()
-        ):
-            problem = "is a device, fifo or other special file"
+        elif control_char(name):
+            problem = f"has the control character {control_char(name)} in its name"
         elif member.issym():
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(normal), member.linkname))
-            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                problem = f"is a symlink out of the folder (→ {member.linkname})"
+            problem = f"is a symlink (→ {member.linkname}); links are refused"
         elif member.islnk():
-            target = posixpath.normpath(member.linkname)
-            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                problem = f"is a hard link out of the folder (→ {member.linkname})"
+            problem = f"is a hard link (→ {member.linkname}); links are refused"
+        elif not (member.isfile() or member.isdir()):
+            problem = "is a device, fifo or other special file"
+        elif member.isfile() and normal in seen:
+            problem = "appears twice"
         if problem:
             raise ImageError(
                 f"{tarball}: member {name!r} {problem}; refusing to unpack it",
                 "the upstream tarball is unsafe or corrupt: check upstream.images_url, delete the file and fetch again",
             )
+        seen.add(normal)
+
+
+def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], into: Path) -> None:
+    """Write checked members under ``into`` ourselves: folders 0755, files 0644 or 0755 (never
+    setuid, setgid or sticky; never the archive's owner), each file created anew without
+    following a link, with the archive's mtime."""
+    for member in members:
+        target = into / posixpath.normpath(member.name)
+        if member.isdir():
+            target.mkdir(mode=0o755, parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        mode = 0o755 if member.mode & 0o111 else 0o644
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:  # type: ignore[union-attr]
+            shutil.copyfileobj(src, out, CHUNK)
+        os.chmod(target, mode)  # whatever the umask
+        os.utime(target, (member.mtime, member.mtime))
 
 
 def safe_unpack(tarball: Path, folder: Path) -> list[str]:
@@ -237,12 +264,7 @@ def safe_unpack(tarball: Path, folder: Path) -> list[str]:
             check_members(tarball, members)
             tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".unpack-{tarball.name}-"))
             try:
-                # The "data" filter (Python 3.11.4+) is a second line of defence behind
-                # check_members, which alone guards older interpreters such as Debian 12's 3.11.2.
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, filter="data")
-                else:
-                    tar.extractall(tmp)
+                _extract(tar, members, tmp)
                 files = sorted(posixpath.normpath(m.name) for m in members if not m.isdir())
                 for entry in sorted(p.name for p in tmp.iterdir()):
                     target = folder / entry
@@ -252,7 +274,6 @@ def safe_unpack(tarball: Path, folder: Path) -> list[str]:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (tarfile.TarError, EOFError) as exc:
-        # FilterError is a TarError too, but check_members refuses those members first.
         raise ImageError(f"{tarball}: not a readable tarball ({exc})",
                          "delete it and fetch again (apex fetch-images --force)") from None
     with contextlib.suppress(ValueError):

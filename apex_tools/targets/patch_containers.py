@@ -36,17 +36,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import requests
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from apex_tools.catalog.images import Catalog, load_catalog
 from apex_tools.patching.dockerfile import ImagePatch, image_labels, render_dockerfile, render_odl_repo
 from apex_tools.http.download import join_url
+from apex_tools.core import yamlfile
 from apex_tools.core.config import settings_path
+from apex_tools.core.settings import validate_model
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
 from apex_tools.patching.gerrit import GerritClient, GerritUnreachable
 from apex_tools.registry.image_config import ImageInfo, Inspector, inspect_image
-from apex_tools.patching.patches import Location, PatchPart, load_projects, sort_patch
+from apex_tools.patching.patches import Location, PatchPart, check_patch, load_projects, sort_patch
 from apex_tools.core.reference import ImageRef
 from apex_tools.registry.auth import parse_time
 from apex_tools.registry.deployment import deployment_images, naming_of
@@ -122,13 +123,8 @@ def default_branch(os_version: str) -> str:
 
 def local_requests(path: Path) -> list[Request]:
     """The local patches file (``{overcloud,undercloud}: [{path, project}]``), paths made absolute."""
-    try:
-        data = _LocalPatches.model_validate(yaml.safe_load(path.read_text()) or {})
-    except OSError as exc:
-        raise SettingsError(f"local patches file {path}: {exc.strerror}", "fix patching.local_patches") from None
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise SettingsError(f"local patches file {path}: {exc}",
-                            "it is {overcloud,undercloud}: [{path, project}]") from None
+    # Problems named like the settings files' (file, key, value, what is allowed).
+    data = validate_model(_LocalPatches, yamlfile.load_mapping(path, "local patches", empty_ok=True), path)
     out = []
     for side in SIDES:
         for entry in getattr(data, side):
@@ -278,6 +274,8 @@ class Planner:
             log.warning("%s: change is ABANDONED; skipping it", req.title)
             self._skip(req, "change is ABANDONED")
             return record
+        # Before any of it is sorted, written or built: no path out of its folder, no torn hunk.
+        check_patch(res.text, f"patch {req.title}" + (f" (revision {res.revision})" if req.change_id else ""))
         location: Location = self.table.locate(req.project, self.run.os_version, self.opts.patching.python_path)
         containers = self.run.deploy_settings.deploy_options.containers
         images = tuple(n for n in self.catalog.images_for_project(req.project) if n in self.images)

@@ -18,6 +18,7 @@ from apex_tools.core.state import fsync_path
 from apex_tools.core.workdir import IMAGE_PATCHES_DIR
 from apex_tools.diskimage.customize import Customization, GuestCommandError, customize, sparse_copy
 from apex_tools.patching import image_patches
+from apex_tools.core.render_safety import checked
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def _virtual_size(image: Path) -> int:
 
 def auth_script(user: str) -> str:
     """Shell run in the guest: the stack user, its sudo rule, the keys for root and it, cloud-init off."""
+    checked("shell", user, "undercloud.user (the guest's auth script)")
     return f"""set -e
 if ! id -u {user} >/dev/null 2>&1; then
     if command -v useradd >/dev/null 2>&1; then useradd -m {user}

@@ -24,12 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from apex_tools.core.config import Options
 from apex_tools.core.errors import UndercloudError
-from apex_tools.core.resources import data_path
 from apex_tools.core.settings import NetworkSettings
+from apex_tools.core.templates import render
 from apex_tools.core.state import file_stamp, fingerprint
 from apex_tools.core.workdir import IMAGE_PATCHES_DIR, OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
 from apex_tools.patching import image_patches
@@ -55,24 +53,23 @@ def stable_mac(domain: str, network: str) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_path("build", "undercloud"))),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              autoescape=True, keep_trailing_newline=True)
+def _render(template: str, **values: Any) -> str:
+    # core/templates: values checked for XML (no control characters) and escaped.
+    return render("build", f"undercloud/{template}", trim=True, **values)
 
 
 def render_domain(name: str, memory: int, vcpus: int, kvm: bool, volume: Path, networks: list[str],
                   kernel: Path | None = None, initrd: Path | None = None) -> str:
     """The domain XML: one NIC per network (NAT first), stable MACs, direct kernel boot when given."""
     nics = [Nic(net, stable_mac(name, net)) for net in networks]
-    return _env().get_template(DOMAIN_TEMPLATE).render(
-        name=name, memory=memory, vcpus=vcpus, domain_type="kvm" if kvm else "qemu", volume=str(volume),
+    return _render(
+        DOMAIN_TEMPLATE, name=name, memory=memory, vcpus=vcpus, domain_type="kvm" if kvm else "qemu", volume=str(volume),
         nics=nics, kernel=str(kernel) if kernel else "", initrd=str(initrd) if initrd else "")
 
 
 def render_network(name: str) -> str:
     """An isolated Apex network (admin, external) with its own bridge."""
-    return _env().get_template(NETWORK_TEMPLATE).render(name=name, bridge=f"br-{name}"[:15])
+    return _render(NETWORK_TEMPLATE, name=name, bridge=f"br-{name}"[:15])
 
 
 def kvm_usable() -> bool:

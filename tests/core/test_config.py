@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from invoke import Config
 
@@ -15,6 +17,7 @@ from apex_tools.core.config import (
 )
 from apex_tools.tasks import INVOKE_KEYS, options_from
 from apex_tools.core.errors import SettingsError
+from apex_tools.core.resources import data_path
 from apex_tools.core.run import RunContext
 
 
@@ -112,3 +115,43 @@ def test_expand_fills_os_version(tmp_path):
     scenario.write_text("global_params: {ha_enabled: false}\ndeploy_options: {os_version: queens}\n")
     run = RunContext(options_from(Config(), {"APEX_DEPLOY_SETTINGS": str(scenario)}).options)
     assert run.expand(run.options.upstream.namespace) == "tripleoqueens"
+
+
+def test_a_bundled_name_is_never_shadowed_by_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab").mkdir()  # a folder named like the bundled inventory
+    (tmp_path / "virtual").write_text("nodes: {}\n")
+    for name in ("lab", "virtual"):
+        assert settings_path(name, "inventory") == data_path("config", "inventory", f"{name}.yaml")
+    assert settings_path("./virtual", "inventory") == Path("./virtual")
+
+
+def test_a_work_dir_with_a_control_character_is_refused_at_load():
+    with pytest.raises(SettingsError, match=r"work_dir: .*control character \\n"):
+        resolve([Layer("test", {"work_dir": "/srv/apex\nx"})])
+
+
+def test_no_python_config_file_is_ever_executed_and_apex_config_names_the_project_file(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    marker = tmp_path / "executed"
+    home = tmp_path / "home"
+    home.mkdir()
+    code = f"open({str(marker)!r}, 'w').write('x')\njobs = 9\n"
+    (tmp_path / "apex.py").write_text(code)  # Invoke's loader would run these
+    (home / ".apex.py").write_text(code)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "apex_tools", "config"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert not marker.exists()
+    assert run.stdout.splitlines()[0] == f"# project file: none (no apex.yaml or apex.yml in {tmp_path})"
+    assert next(l for l in run.stdout.splitlines() if l.startswith("jobs ")).split()[1] == "4"
+    (tmp_path / "apex.yaml").write_text("jobs: 3\n")
+    run = subprocess.run([sys.executable, "-m", "apex_tools", "config"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=60)
+    assert run.stdout.splitlines()[0] == f"# project file: {tmp_path / 'apex.yaml'}"
+    assert not marker.exists()

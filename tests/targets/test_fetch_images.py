@@ -470,13 +470,16 @@ def test_a_pinned_sha256_is_checked_too(tmp_path, upstream):
     (("../evil", tarfile.REGTYPE, ""), "escapes the folder"),
     (("a/../../evil", tarfile.REGTYPE, ""), "escapes the folder"),
     (("/etc/evil", tarfile.REGTYPE, ""), "is an absolute path"),
-    (("link", tarfile.SYMTYPE, "../../etc/passwd"), "is a symlink out of the folder"),
-    (("link", tarfile.SYMTYPE, "/etc/passwd"), "is a symlink out of the folder"),
-    (("hard", tarfile.LNKTYPE, "../outside"), "is a hard link out of the folder"),
+    (("link", tarfile.SYMTYPE, "../../etc/passwd"), "is a symlink"),
+    (("link", tarfile.SYMTYPE, "/etc/passwd"), "is a symlink"),
+    (("sub/link", tarfile.SYMTYPE, "../overcloud-full.qcow2"), "links are refused"),
+    (("hard", tarfile.LNKTYPE, "../outside"), "is a hard link"),
+    (("hard", tarfile.LNKTYPE, "overcloud-full.qcow2"), "links are refused"),
     (("tty", tarfile.CHRTYPE, ""), "is a device"),
     (("fifo", tarfile.FIFOTYPE, ""), "is a device, fifo"),
-], ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "symlink-absolute", "hardlink-out", "char-device",
-        "fifo"])
+    (("new\nline", tarfile.REGTYPE, ""), "control character"),
+], ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "symlink-absolute", "symlink-inside", "hardlink-out",
+        "hardlink-inside", "char-device", "fifo", "newline-in-name"])
 def test_unsafe_tar_members_are_refused(tmp_path, member, problem):
     name, kind, link = member
     info = tarfile.TarInfo(name)
@@ -485,10 +488,57 @@ def test_unsafe_tar_members_are_refused(tmp_path, member, problem):
         check_members(tmp_path / "x.tar", [info])
 
 
-def test_safe_links_inside_the_folder_are_accepted(tmp_path):
-    inside = tarfile.TarInfo("sub/link")
-    inside.type, inside.linkname = tarfile.SYMTYPE, "../overcloud-full.qcow2"
-    check_members(tmp_path / "x.tar", [inside])
+def test_a_file_twice_is_refused(tmp_path):
+    with pytest.raises(ImageError, match="'./a' appears twice"):
+        check_members(tmp_path / "x.tar", [tarfile.TarInfo("a"), tarfile.TarInfo("./a")])
+
+
+def crafted_tar(entries: list[tuple[str, bytes, str]], mode: int = 0o644) -> bytes:
+    """A tarball of ``(name, data, symlink target)`` entries (a target makes a symlink), owned by uid 4242."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, link in entries:
+            info = tarfile.TarInfo(name)
+            info.uid = info.gid = 4242
+            if link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_symlink_chain_in_a_served_tarball_writes_nothing_outside_the_cache(tmp_path, upstream):
+    # Each link alone stays inside by a lexical check; together they reach the folder above the
+    # cache (what Python 3.11.2's extractall followed, as root, with owner and mode restored).
+    body = crafted_tar([("a", b"", "."), ("a/b", b"", ".."), ("a/b/c", b"", ".."), ("a/b/c/pwned", b"owned\n", ""),
+                        ("overcloud-full.qcow2", b"qcow", "")])
+    serve(upstream)
+    upstream.put(f"/{OS}/{OC}", body)
+    upstream.put(f"/{OS}/{OC}.md5", md5_line(body, OC).encode())
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    result = fetch_images(run, downloader(run, []))
+    status, detail = by_name(result)[OC]
+    assert result.status is Status.FAILED and status == "failed"
+    assert "member 'a' is a symlink (→ .); links are refused" in detail
+    folder = tmp_path / "images" / OS
+    assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.parent.glob("pwned"))
+    assert not (folder / "a").exists() and not (folder / "overcloud-full.qcow2").exists()
+    assert not list(folder.glob(".unpack-*"))
+    assert by_name(result)[IPA][0] == "downloaded", "the other artifact is unaffected"
+
+
+def test_unpacked_files_lose_setuid_and_the_archive_owner(tmp_path, upstream):
+    body = crafted_tar([("overcloud-full.qcow2", b"qcow", ""), ("overcloud-full.vmlinuz", b"k", "")], mode=0o6755)
+    serve(upstream)
+    upstream.put(f"/{OS}/{OC}", body)
+    upstream.put(f"/{OS}/{OC}.md5", md5_line(body, OC).encode())
+    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+    assert fetch_images(run, downloader(run, [])).status is Status.CHANGED
+    for name in ("overcloud-full.qcow2", "overcloud-full.vmlinuz"):
+        st = (tmp_path / "images" / OS / name).stat()
+        assert oct(st.st_mode & 0o7777) == oct(0o755) and st.st_uid == os.getuid()
 
 
 def test_a_tarball_with_dotdot_members_is_rejected_and_nothing_lands_outside(tmp_path, upstream):
@@ -500,7 +550,7 @@ def test_a_tarball_with_dotdot_members_is_rejected_and_nothing_lands_outside(tmp
             info.size = 3
             tar.addfile(info, io.BytesIO(b"bad"))
     upstream.put(f"/{OS}/{OC}", buf.getvalue())
-    del upstream.files[f"/{OS}/{OC}.md5"]
+    upstream.put(f"/{OS}/{OC}.md5", md5_line(buf.getvalue(), OC).encode())
     run = run_for(tmp_path, upstream.url + "/{os_version}/")
     result = fetch_images(run, downloader(run, []))
     status, detail = by_name(result)[OC]
@@ -553,6 +603,7 @@ def test_a_local_mirror_works_as_upstream(tmp_path, as_url):
 def test_the_undercloud_image_is_fetched_when_configured(tmp_path, upstream):
     serve(upstream)
     upstream.put(f"/{OS}/undercloud.qcow2", b"qcow2" * 1000)
+    upstream.put(f"/{OS}/undercloud.qcow2.md5", md5_line(b"qcow2" * 1000, "undercloud.qcow2").encode())
     run = run_for(tmp_path, upstream.url + "/{os_version}/", undercloud_image=True)
     result = fetch_images(run, downloader(run, []))
     assert by_name(result)["undercloud.qcow2"][0] == "downloaded"
@@ -570,8 +621,9 @@ def apex_env(tmp_path: Path, images_url: str, name: str = "") -> dict[str, str]:
 
 
 def test_two_concurrent_runs_download_each_artifact_once(tmp_path, nginx: Nginx, www):
-    bodies = publish(www / OS, md5=False)
+    bodies = publish(www / OS)
     (www / OS / OC).write_bytes(bodies[OC] * 12)  # ~8 MiB at 4 MiB/s: the runs overlap
+    (www / OS / f"{OC}.md5").write_text(md5_line(bodies[OC] * 12, OC))
     url = nginx.url + "/slow/{os_version}/"
     procs = [subprocess.Popen([sys.executable, "-m", "apex_tools", "fetch-images", "--json"], cwd=REPO,
                               env=apex_env(tmp_path, url, str(n)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -670,16 +722,41 @@ def test_an_unusable_image_dir_fails_the_artifact_with_a_hint(tmp_path, upstream
     assert status == "failed" and "Not a directory" in detail and "image_dir is writable" in detail
 
 
-@pytest.mark.parametrize("sidecar, outcome", [
-    (b"<!DOCTYPE html><html><body>Welcome to our mirror</body></html>", "no checksum published"),
-    (("0" * 32 + "  another-file.tar\n").encode(), "no md5 digest for ironic-python-agent.tar in it"),
-], ids=["html-soft-404-ignored", "sums-without-our-file-fails"])
-def test_a_sidecar_that_is_not_about_our_file(tmp_path, upstream, sidecar, outcome):
-    serve(upstream)
-    upstream.put(f"/{OS}/{IPA}.md5", sidecar)
-    run = run_for(tmp_path, upstream.url + "/{os_version}/")
+HTML = b"<!DOCTYPE html><html><body>Welcome to our mirror</body></html>"
+
+
+@pytest.mark.parametrize("sidecar, pin, outcome", [
+    (HTML, False, ("failed", "ironic-python-agent.tar.md5 is an HTML page, not a checksum file")),
+    (HTML, True, ("downloaded", "sha256 verified (pinned in config)")),
+    (("0" * 32 + "  another-file.tar\n").encode(), False, ("failed", "holds no md5 digest for ironic-python-agent.tar")),
+    (None, False, ("failed", "upstream publishes no checksum (.sha256, .md5) and none is pinned")),
+    (None, True, ("downloaded", "sha256 verified (pinned in config)")),
+], ids=["html-soft-404-fails", "html-with-a-pin-is-ignored", "sums-without-our-file-fails", "404-without-a-pin-fails",
+        "404-with-a-pin-is-fine"])
+def test_a_sidecar_must_be_a_checksum_of_our_file_unless_one_is_pinned(tmp_path, upstream, sidecar, pin, outcome):
+    bodies = serve(upstream)
+    if sidecar is None:
+        del upstream.files[f"/{OS}/{IPA}.md5"]
+    else:
+        upstream.put(f"/{OS}/{IPA}.md5", sidecar)
+    pinned = {"ipa_sha256": hashlib.sha256(bodies[IPA]).hexdigest()} if pin else {}
+    run = run_for(tmp_path, upstream.url + "/{os_version}/", **pinned)
     result = fetch_images(run, downloader(run, []))
-    assert outcome in by_name(result)[IPA][1]
+    status, detail = by_name(result)[IPA]
+    assert (status, outcome[1] in detail) == (outcome[0], True), detail
+    if status == "failed":
+        assert not (tmp_path / "images" / OS / IPA).exists()
+
+
+def test_a_file_recorded_as_unverified_is_never_up_to_date(tmp_path, upstream):
+    url = primed(tmp_path, upstream)
+    meta = meta_path(tmp_path / "images" / OS / IPA)
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**record, "digests": {}}))  # as an older apex wrote it without a sidecar
+    offline = fetch_images(run_for(tmp_path, url, no_fetch=True))
+    assert by_name(offline)[IPA][0] == "failed" and "no verified download record" in by_name(offline)[IPA][1]
+    online = fetch_images(run_for(tmp_path, url))
+    assert by_name(online)[IPA][0] == "downloaded" and "md5 verified" in by_name(online)[IPA][1]
 
 
 def test_progress_counts_every_byte_and_the_summary_gives_size_time_and_rate(tmp_path, upstream):

@@ -19,7 +19,7 @@ import yaml
 
 from apex_tools.core.config import Layer, resolve
 from apex_tools.targets.patch_containers import ARCHIVE, TARGET, patch_containers
-from apex_tools.core.errors import GerritError
+from apex_tools.core.errors import GerritError, PatchError
 from apex_tools.core.run import RunContext, Status
 from conftest import REPO, check_golden, need, run_registry
 from fake_gerrit import FakeChange, git_patch, run_fake_gerrit
@@ -265,6 +265,27 @@ def test_unknown_change_fails_naming_change_project_and_branch(tmp_path, gerrit,
     with pytest.raises(GerritError, match=f"change {missing} \\(project openstack/nova, branch master\\)"):
         patch_containers(run)
     assert run.state.load(TARGET) is None
+
+
+ESCAPES = {
+    "dotdot-in-new-name": (NOVA_PATCH.replace("+++ b/nova/api.py", "+++ b/../../../etc/cron.d/evil"),
+                           "path 'b/../../../etc/cron.d/evil' climbs out with .."),
+    "absolute-old-name": (NOVA_PATCH.replace("--- a/nova/api.py", "--- /etc/shadow"), "path '/etc/shadow' is absolute"),
+    "dotdot-in-git-header": (NOVA_PATCH.replace("diff --git a/nova/api.py b/nova/api.py",
+                                                "diff --git a/nova/api.py b/nova/../../x.py"),
+                             "path 'nova/../../x.py' climbs out with .."),
+}
+
+
+@pytest.mark.parametrize("patch, expected", ESCAPES.values(), ids=ESCAPES.keys())
+def test_a_gerrit_patch_escaping_its_folder_is_refused_by_apex(tmp_path, upstream, patch, expected):
+    with run_fake_gerrit() as fake:
+        fake.add(FakeChange("openstack/nova", "master", NOVA, patch))
+        run = make_run(tmp_path, fake.url, upstream.address, overcloud=[("openstack/nova", NOVA)])
+        with pytest.raises(PatchError) as err:
+            patch_containers(run)
+    assert f"patch openstack/nova {NOVA} (revision " in err.value.message and expected in err.value.message
+    assert not (tmp_path / "work" / "containers").exists() and run.state.load(TARGET) is None
 
 
 @pytest.mark.parametrize(
