@@ -32,7 +32,7 @@ class ImageFacts:
     upstream_digest: str | None
     local: ImageRef  # as the nodes name it (the files' registry address)
     digest: str
-    rebuild: Mapping[str, Any] | None = None  # base, base_digest, builder, context, patches
+    rebuild: Mapping[str, Any] | None = None  # push-registry's record: base, base_digest, builder, patches
 
 
 @dataclass
@@ -50,8 +50,11 @@ def _patches(rebuild: Mapping[str, Any], gerrit_url: str) -> list[dict[str, Any]
     out = []
     context = Path(str(rebuild.get("context", "")))
     for patch in rebuild.get("patches") or []:
+        # push-registry's record has the patch file's sha256; else hash the file in the context.
+        sha = str(patch.get("sha256") or "").removeprefix("sha256:")
         path = context / str(patch.get("file", ""))
-        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        if not sha and path.is_file():
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
         out.append({**patch, "sha256": sha, "dependency": patch_dependency(patch, sha, gerrit_url)})
     return out
 

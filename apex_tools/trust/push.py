@@ -3,16 +3,16 @@ the policy files and provenance.json (a few lines in the target, the rest here).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apex_tools.core.config import Options
 from apex_tools.core.reference import ImageRef
 from apex_tools.core.run import RunContext
 from apex_tools.core.workdir import PATCH_CONTAINERS
 from apex_tools.registry.client import RegistryClient
-from apex_tools.registry.deployment import APEX_TAG, DeploymentImage
+from apex_tools.registry.deployment import DeploymentImage
 from apex_tools.registry.mirror import CopyResult
-from apex_tools.registry.rebuild import RebuildAction
 from apex_tools.trust.images import ImageFacts, trust_images
 from apex_tools.trust.keys import ensure_key, key_id_of
 from apex_tools.trust.policy import write_policy
@@ -33,15 +33,15 @@ def trust_step(
     named: str,
     images: Sequence[tuple[DeploymentImage, str | None]],
     results: Sequence[CopyResult],
-    rebuilds: Sequence[tuple[RebuildAction, str | None]],
+    rebuilds: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
     """Sign every image of the parameter file, attach the rebuilds' statements, write the policy
     files and provenance.json; the one-line changes.
 
     ``images``: each deployment image with its upstream digest; ``results``: the copies (their
-    digests are the bytes PUT, or the digest found equal on both sides); ``rebuilds``: each
-    rebuild done or current with its base digest. ``local`` reaches the registry the files
-    call ``named``.
+    digests are the bytes PUT, or the digest found equal on both sides); ``rebuilds``:
+    push-registry's record of each rebuilt image (its ``:apex`` digest from the push, base and
+    its digest, builder, patches). ``local`` reaches the registry the files call ``named``.
     """
     options = run.options
     work = options.work_dir
@@ -57,26 +57,17 @@ def trust_step(
     copied = {str(r.job.target): r.digest for r in results}
     record = run.state.load(PATCH_CONTAINERS)
     planned = (record.data.get("rebuild") if record is not None else None) or {}
-    by_image = {action.rebuild.image: (action, base) for action, base in rebuilds}
     facts = []
     for image, upstream in images:
-        done = by_image.get(image.name)
-        if done is None or done[1] is None or done[0].key is None:
+        rebuild = rebuilds.get(image.name)
+        if not rebuild or not rebuild.get("digest"):
             facts.append(ImageFacts(image.name, image.parameters, str(image.source), upstream,
                                     image.target.with_registry(named), copied[str(image.target)]))
             continue
-        action, base = done
-        # The key tag was pushed by this rebuild and names its inputs alone: its digest is the
-        # :apex result's (issue 17's record will hand the push's own digest).
-        key_tag = action.key
-        found = local.head_manifest(key_tag.repository, key_tag.tag or "")
-        digest = found[0] if found else ""
-        facts.append(ImageFacts(
-            image.name, image.parameters, str(image.source), upstream,
-            image.target.with_registry(named).with_tag(APEX_TAG), digest,
-            {"base": str(action.rebuild.base.with_registry(named)), "base_digest": base, "builder": options.builder,
-             "context": str(action.rebuild.context),
-             "patches": (planned.get(image.name) or {}).get("patches") or []}))
+        context = (planned.get(image.name) or {}).get("context") or ""
+        facts.append(ImageFacts(image.name, image.parameters, str(image.source), upstream,
+                                ImageRef.parse(str(rebuild["ref"])), str(rebuild["digest"]),
+                                {**rebuild, "context": context}))
 
     def reach(ref: ImageRef) -> tuple[RegistryClient, ImageRef]:
         return local, ref.with_registry(local.host)

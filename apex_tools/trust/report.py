@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 WIDTH = 80
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 NAME = 30
 
 
@@ -34,10 +36,12 @@ def report_lines(data: Mapping[str, Any], width: int = WIDTH) -> list[str]:
         lines.append(f"  from {upstream.get('ref', '-')}")
         rebuild = image.get("rebuild")
         if rebuild:
-            lines.append(f"  as {local.get('ref', '-')}, built by {rebuild.get('builder', '?')} on "
+            lines.append(f"  as {local.get('ref', '-')}")
+            lines.append(f"  built by {rebuild.get('builder', '?')} on base "
                          f"{_short((rebuild.get('base') or {}).get('digest'))}")
             for patch in rebuild.get("patches") or []:
-                commit = str(patch.get("revision") or "")[:10]
+                revision = str(patch.get("revision") or "")
+                commit = revision[:10] if _COMMIT.match(revision) else ""
                 lines.append(f"  patch {patch.get('project', '?')} {patch.get('change_id', '?')}"
                              f"{'@' + commit if commit else ''} sha256:{str(patch.get('sha256', ''))[:12]}")
     disk = (data.get("disk_images") or {}).get("overcloud")
