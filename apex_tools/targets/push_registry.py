@@ -48,7 +48,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, write_if_changed
 from apex_tools.core.workdir import CONTAINERS_DIR, IMAGE_LISTS, PARAMETER_FILE, PATCH_CONTAINERS, PUSH_REGISTRY
 from apex_tools.registry.clients import Clients
-from apex_tools.trust.push import signing_state, trust_step
+from apex_tools.trust.push import signing_state, trust_plan, trust_step
 from apex_tools.undercloud.drivers import driver_for
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
                     "(not there, or upstream moved)")
     plan += [f"{a.action} {a.rebuild.target} ({describe_builder(a)}): {a.reason}" for a in check.actions if a.action != CURRENT]
     plan.append(f"write {', '.join(p.name for p in outputs)}")
+    plan.append(trust_plan(check.signing))
     return plan
 
 

@@ -122,12 +122,18 @@ def ensure_key(work_dir: Path, configured: str = "") -> tuple[SigningKey, bool]:
     return SigningKey(key, public, str(path)), generated
 
 
-def key_id_of(work_dir: Path, configured: str = "") -> str | None:
-    """The id of the key ``ensure_key`` would use, without writing anything; None: not generated yet."""
+def public_pem_of(work_dir: Path, configured: str = "") -> bytes | None:
+    """The public half of the key ``ensure_key`` would use, writing nothing; None: not generated yet."""
     path = Path(configured).expanduser() if configured else Path(work_dir) / SIGNING_DIR / PRIVATE_KEY
     if not configured and not path.exists():
         return None
-    return _key_id(_public_pem(_load(path)))
+    return _public_pem(_load(path))
+
+
+def key_id_of(work_dir: Path, configured: str = "") -> str | None:
+    """The id of the key ``ensure_key`` would use, writing nothing; None: not generated yet."""
+    public = public_pem_of(work_dir, configured)
+    return _key_id(public) if public is not None else None
 
 
 def _key_id(public_pem: bytes) -> str:

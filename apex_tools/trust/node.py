@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_tools.core.config import Options
-from apex_tools.trust.keys import ensure_key, key_id_of, public_key_path
+from apex_tools.trust.keys import ensure_key, public_pem_of
 from apex_tools.trust.policy import (
     NODE_POLICY,
     NODE_PUBLIC_KEY,
@@ -31,11 +31,8 @@ def node_files(options: Options, registry: str, create: bool = True) -> dict[str
         key, _ = ensure_key(options.work_dir, options.signing.key)
         write_policy(options.work_dir, registry)
         public = key.public_pem
-    elif key_id_of(options.work_dir, options.signing.key) is not None:
-        public = public_key_path(options.work_dir).read_bytes() if public_key_path(options.work_dir).is_file() \
-            else TO_GENERATE.encode()
     else:
-        public = TO_GENERATE.encode()
+        public = public_pem_of(options.work_dir, options.signing.key) or TO_GENERATE.encode()
     return {
         NODE_POLICY: policy_json(registry, NODE_PUBLIC_KEY).encode(),
         NODE_REGISTRIES_D: registries_d(registry).encode(),

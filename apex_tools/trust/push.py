@@ -27,6 +27,15 @@ def signing_state(options: Options) -> str | None:
     return key_id_of(options.work_dir, options.signing.key)
 
 
+def trust_plan(signing: str | None) -> str:
+    """push-registry's plan line for the trust step, from ``signing_state``."""
+    if signing == OFF:
+        return "write provenance.json (signing is off)"
+    key = "a key generated now" if signing is None else f"key {signing[:19]}"
+    return f"sign the images docker-images.yaml names ({key}), attach the rebuilds' SLSA statements, " \
+           "write policy.json, registries.d/ and provenance.json"
+
+
 def trust_step(
     run: RunContext,
     local: RegistryClient,
