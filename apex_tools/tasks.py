@@ -312,8 +312,23 @@ def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:
     return {k: (v, f"default: {os_version}'s (tripleo-common)") for k, v in shown.items()}
 
 
+@task(help={"json": "Print provenance.json as it is instead of the table."})
+def report(c: Context, json: bool = False) -> None:
+    """Show where everything the overcloud runs came from (work_dir/provenance.json)."""
+    from apex_tools.trust.provenance import PROVENANCE_FILE, load_provenance
+    from apex_tools.trust.report import report_lines
+
+    try:
+        work_dir = options_from(c.config, os.environ).options.work_dir
+        data = load_provenance(work_dir)
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=EXIT_FAILED) from None
+    print((work_dir / PROVENANCE_FILE).read_text() if json else "\n".join(report_lines(data)), end="\n" * (not json))
+
+
 lab_ns = Collection("lab", lab_up_task, lab_down_task)
-ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config, lab_ns)
+ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config, report,
+                lab_ns)
 # Long flags only: automatic short flags differ from task to task and clash with core ones.
 ns.configure({"tasks": {"auto_dash_names": True}})
 for _task in [*ns.tasks.values(), *lab_ns.tasks.values()]:

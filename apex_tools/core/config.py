@@ -152,6 +152,9 @@ DEFAULTS: dict[str, Any] = {
         "image": "",
         "tag": "",
     },
+    # push-registry signs every deployment image (sigstore format) with `key`, a PEM private key
+    # (mode 0600; "" = one generated once into work_dir/signing/); the overcloud requires it.
+    "signing": {"enabled": True, "key": ""},
 }
 
 BUILDERS = ("docker", "buildah")
@@ -288,6 +291,11 @@ class CephOptions(_Strict):
     tag: str = Field(pattern=r"^([A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
 
 
+class SigningOptions(_Strict):
+    enabled: bool
+    key: str
+
+
 class Options(_Strict):
     """The validated, typed effective configuration."""
 
@@ -310,6 +318,7 @@ class Options(_Strict):
     undercloud: UndercloudOptions
     deploy: DeployOptions
     ceph: CephOptions
+    signing: SigningOptions
 
 
 @dataclass(frozen=True)

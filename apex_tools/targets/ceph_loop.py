@@ -33,7 +33,10 @@ from apex_tools.diskimage.customize import (
 from apex_tools.core.errors import ImageError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, fsync_path, write_if_changed
-from apex_tools.core.workdir import CEPH_LOOP, CUSTOM_IMAGE, IMAGE_PATCHES_DIR, STORAGE_ENV, overcloud_image
+from apex_tools.core.workdir import (CEPH_LOOP, CUSTOM_IMAGE, IMAGE_PATCHES_DIR, OVERCLOUD_TAR, STORAGE_ENV,
+                                     artifact_dir, overcloud_image)
+from apex_tools.trust.node import node_files, upstream_checksums
+from apex_tools.trust.provenance import update_provenance
 
 LOG = logging.getLogger(__name__)
 
@@ -145,10 +148,18 @@ def _source_sha256(run: RunContext, source: Path) -> str:
     return digest
 
 
-def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch], pdir: Path) -> Customization:
+def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch], pdir: Path,
+                   trust: dict[str, bytes]) -> Customization:
     """Every change to the image, in one batch (one appliance launch)."""
     ops = Customization()
     touched: list[str] = []
+    # The containers policy requiring this deployment's signatures on its registry (trust/node.py).
+    for n, (guest_path, content) in enumerate(sorted(trust.items())):
+        local = stage / f"trust-{n}"
+        local.write_bytes(content)
+        ops.mkdir(posixpath.dirname(guest_path))
+        ops.upload(local, guest_path)
+        touched.append(guest_path)
     if patches:
         guest = stage / posixpath.basename(GUEST_STAGE)
         guest.mkdir()
@@ -172,14 +183,15 @@ def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_pat
 
 
 def _build_image(
-    run: RunContext, source: Path, dest: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch]
+    run: RunContext, source: Path, dest: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch],
+    trust: dict[str, bytes],
 ) -> None:
     """Customize a copy of ``source`` and move it to ``dest`` only when every step succeeded."""
     work = run.options.work_dir
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=".ceph-loop.") as tmp:
         stage = Path(tmp)
-        ops = _customization(stage, loop, patches, patches_dir(run))
+        ops = _customization(stage, loop, patches, patches_dir(run), trust)
         partial = stage / IMAGE_NAME
         sparse_copy(source, partial)
         if ops:
@@ -228,11 +240,14 @@ def ceph_loop(run: RunContext) -> TargetResult:
     patches = image_patches.load_manifest(pdir)
     loop = loop_device(run)
     device = osd_device(run)
+    trust = node_files(run.options, run.registry_address, create=not run.dry_run)
+    source_sha256 = _source_sha256(run, source)
     image_fp = fingerprint({
         "recipe": RECIPE,
-        "source_sha256": _source_sha256(run, source),
+        "source_sha256": source_sha256,
         "unit": loop.unit() if loop else None,
         "patches": image_patches.digests(pdir, patches),
+        **({"trust": {path: content.decode() for path, content in trust.items()}} if trust else {}),
     })
     cluster = storage_env.load_secrets(work) if device else None
     fp = fingerprint({"image": image_fp, "storage_env": _env_fingerprint(run, device, cluster)})
@@ -247,6 +262,7 @@ def ceph_loop(run: RunContext) -> TargetResult:
     )
     what = [loop.describe()] if loop else []
     what += [f"{len(patches)} disk-image patch(es)"] if patches else []
+    what += [f"the signature policy for {run.registry_address}"] if trust else []
     plan: list[str] = []
     if not image_current:
         reason = "inputs changed" if record else "first run"
@@ -265,7 +281,7 @@ def ceph_loop(run: RunContext) -> TargetResult:
     if image_current:
         items.append(Item(IMAGE_NAME, "up to date", ", ".join(what)))
     else:
-        _build_image(run, source, image_out, loop, patches)
+        _build_image(run, source, image_out, loop, patches, trust)
         changes.append(f"{IMAGE_NAME}: {', '.join(what) or 'copied unchanged'}")
         items.append(Item(IMAGE_NAME, "customized" if what else "copied", ", ".join(what) or "no changes needed"))
     outputs = [image_out]
@@ -274,6 +290,14 @@ def ceph_loop(run: RunContext) -> TargetResult:
     items.append(env_item)
     if device:
         outputs.append(env_out)
+    update_provenance(work, "disk_images", {"overcloud": {
+        "upstream": {**upstream_checksums(artifact_dir(run.options, run.os_version) / OVERCLOUD_TAR),
+                     "image": source.name, "sha256": source_sha256},
+        "customized": {"file": IMAGE_NAME, "sha256": _source_sha256(run, image_out)},
+        "patches": image_patches.digests(pdir, patches),
+        "changes": what,
+        "trust_files": sorted(trust),
+    }})
     # Recomputed: the identity may have been generated just now.
     fp = fingerprint({"image": image_fp, "storage_env": _env_fingerprint(run, device, cluster)})
     run.state.save(TARGET, fp, outputs=outputs, data={"image_fingerprint": image_fp, "osd_device": device})

@@ -19,6 +19,7 @@ from apex_tools.core.config import settings_path
 from apex_tools.core.errors import ApexError, UndercloudError
 from apex_tools.core.reference import ImageRef
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
+from apex_tools.trust.provenance import update_provenance
 from apex_tools.core.state import Record, file_stamp, fingerprint, keyed_digest, write_if_changed
 from apex_tools.core.workdir import (
     CEPH_LOOP,
@@ -268,6 +269,10 @@ def _apply(run: RunContext, check: _Deploy) -> TargetResult:
         items.append(Item(name, "written" if written else "up to date"))
     passed = _preflight(run, check)
     items += [Item("pre-flight", "ok", line) for line in passed]
+    # provenance.json is completed with the command that deploys what it lists.
+    if update_provenance(work, "deploy", {"command": DEPLOY_COMMAND,
+                                          "sha256": _digest(check.files[DEPLOY_COMMAND]).split(":")[-1]}):
+        changes.append("completed provenance.json with the deploy command's sha256")
     outputs = [work / name for name in check.files]
     data = {"inputs": check.inputs, "tht": check.tht_source, "libvirt_type": check.plan.libvirt_type}
     if not check.tripleo:

@@ -48,6 +48,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, write_if_changed
 from apex_tools.core.workdir import CONTAINERS_DIR, IMAGE_LISTS, PARAMETER_FILE, PATCH_CONTAINERS, PUSH_REGISTRY
 from apex_tools.registry.clients import Clients
+from apex_tools.trust.push import signing_state, trust_plan, trust_step
 from apex_tools.undercloud.drivers import driver_for
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
         return list(pool.map(head, images))
 
 
-def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str | None, named: str) -> str:
+def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str | None, named: str,
+                 signing: str | None = None) -> str:
     """The inputs that matter: each image's names, upstream digest and parameters; rebuild keys.
 
     Local names use ``named`` (the registry as the undercloud names it), not the address the
@@ -100,6 +102,7 @@ def _fingerprint(heads: list[_Head], actions: list[RebuildAction], insecure: str
         "rebuilds": [(a.rebuild.image, str(a.key.with_registry(named)) if a.key else None, a.action == SKIP)
                      for a in actions],
         "insecure": insecure,
+        "signing": signing,
     })
 
 
@@ -117,6 +120,8 @@ class _Check:
     fp: str
     # The registry as the undercloud names it (the files say this); the traffic may go elsewhere.
     named: str
+    # The signing key's id ("off": signing disabled; None: a key is still to be generated).
+    signing: str | None = None
 
     @property
     def to_copy(self) -> list[_Head]:
@@ -169,8 +174,9 @@ def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tup
             RebuildAction(r, BUILD, reason="the local registry is not running yet",
                           builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
     insecure = named if options.registry.tls_mode != "verify" else None
+    signing = signing_state(options)
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
-                   _fingerprint(heads, actions, insecure, named), named)
+                   _fingerprint(heads, actions, insecure, named, signing), named, signing)
     return check, bases
 
 
@@ -186,6 +192,7 @@ def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
                     "(not there, or upstream moved)")
     plan += [f"{a.action} {a.rebuild.target} ({describe_builder(a)}): {a.reason}" for a in check.actions if a.action != CURRENT]
     plan.append(f"write {', '.join(p.name for p in outputs)}")
+    plan.append(trust_plan(check.signing))
     return plan
 
 
@@ -232,7 +239,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         # Only now can the rebuilds be looked up; the fingerprint follows their keys.
         bases.answering = True
         actions = plan_rebuilds(check.rebuilds, local, bases, options.builder, options.builder_fallback)
-        fp = _fingerprint(check.heads, actions, check.insecure, check.named)
+        fp = _fingerprint(check.heads, actions, check.insecure, check.named, check.signing)
     engines = _Engines(options, check.insecure and local.host)
     report = apply_rebuilds(actions, local, engines, options.jobs) if actions else RebuildReport()
     done = {a.rebuild.image: a for a in report.done}
@@ -261,11 +268,15 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
     if written:
         changes.append(f"wrote {', '.join(written)}")
+    rebuilds = _rebuild_records(run, actions, done, check.named)
+    changes += trust_step(run, local, check.named, [(h.image, h.upstream) for h in check.heads], results, rebuilds)
+    if check.signing is None:  # the key was generated just now
+        fp = _fingerprint(check.heads, actions, check.insecure, check.named, signing_state(options))
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": check.named,
         "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},
         "rebuilt": sorted(rebuilt),
-        "rebuilds": _rebuild_records(run, actions, done, check.named),
+        "rebuilds": rebuilds,
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
 

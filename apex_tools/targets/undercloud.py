@@ -21,6 +21,7 @@ from apex_tools.core.state import fingerprint
 from apex_tools.core.workdir import CONFIGURE_LOG, INSTALL_LOG, UNDERCLOUD, UNDERCLOUD_DIR
 from apex_tools.undercloud.base import Undercloud
 from apex_tools.undercloud.drivers import driver_for
+from apex_tools.trust.node import node_files
 from apex_tools.undercloud.playbook import playbook_path
 
 LOG = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ def configure_vars(run: RunContext, driver: Undercloud) -> dict[str, Any]:
         "nat": gateway == ip and ip.version == 4,
         "nat_cidr": str(admin.cidr),
         "install_log_dest": str(run.options.work_dir / UNDERCLOUD_DIR / INSTALL_LOG),
+        # Its podman requires this deployment's signatures too (nothing when signing is off).
+        "containers_trust": {path: content.decode() for path, content in
+                             node_files(run.options, run.registry_address, create=not run.dry_run).items()},
         **({"home": run.options.undercloud.home} if run.options.undercloud.home else {}),
     }
 

@@ -7,9 +7,12 @@ lab on config/lab.yaml's fixed ports is never touched), and stops it even when i
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,23 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from apex_tools.core.reference import ImageRef
 from apex_tools.core.workdir import IPA_TAR, OVERCLOUD_TAR
 from apex_tools.lab import artifacts
-from apex_tools.lab.stand import lab_running, mirror_paths, upstream_root
+from apex_tools.lab.stand import lab_config_path, lab_running, mirror_paths, upstream_root
 from apex_tools.registry.client import RegistryClient
+from apex_tools.trust.keys import ensure_key
+from apex_tools.trust.provenance import IN_TOTO_JSON, pae
+from apex_tools.trust.sigstore import attachment_tag, sign_image
 
 from conftest import need
-from lab_support import CHAIN, NOVA_IMAGES, apex, lab_env, lab_options, run_chain, running_lab
-from registry_support import forget_images
+from lab_support import CHAIN, NOVA_IMAGES, apex, json_documents, lab_env, lab_options, run_chain, running_lab
+from registry_support import forget_images, layer_blob, push_image
+from trust_support import UNSIGNED, accepted, skopeo_verdict, validate_slsa
 
 LAB_TOOLS = ("nginx", "docker-registry", "mkfs.xfs", "xfs_db", "qemu-img", "busybox", "dash", "patch")
 
@@ -185,3 +196,133 @@ def test_outputs_name_the_patched_images_and_the_patched_disk(lab_runs: dict[str
     manifest = yaml.safe_load((work / "image_patches" / "overcloud" / "manifest.json").read_text())
     assert [m["target_dir"] for m in manifest] == ["/etc/puppet/modules/tripleo"]
     assert (work / "overcloud-full.qcow2").is_file() and (work / "storage-environment.yaml").is_file()
+
+
+# --- trust: signatures, policy, provenance (issue 19) ----------------------------------------
+
+
+def _deployment_refs(work: Path) -> dict[str, str]:
+    """Every image docker-images.yaml names → its digest as provenance.json records it."""
+    params = yaml.safe_load((work / "docker-images.yaml").read_text())["parameter_defaults"]
+    refs = {v for k, v in params.items() if k.startswith("Container") and isinstance(v, str)}
+    images = json.loads((work / "provenance.json").read_text())["images"]
+    digests = {i["local"]["ref"]: i["local"]["digest"] for i in images}
+    assert refs == set(digests), refs ^ set(digests)  # every parameter's image, and nothing else
+    return digests
+
+
+def test_skopeo_with_the_written_policy_accepts_every_image_and_refuses_a_tampered_one(
+        lab_runs: dict[str, Any]) -> None:
+    work = Path(lab_runs["options"].work_dir)
+    local = RegistryClient(lab_runs["env"]["APEX_REGISTRY_ADDRESS"], tls="http")
+    digests = _deployment_refs(work)
+    for ref, digest in sorted(digests.items()):
+        repository = ImageRef.parse(ref).repository
+        ok, out = accepted(work, local, ref, repository, digest)
+        assert ok, f"{ref}:\n{out}"
+    # An image pushed over a deployment tag: unsigned, refused by skopeo itself. Put back after.
+    ref = next(r for r in digests if r.endswith("keystone:current-tripleo"))
+    repository = ImageRef.parse(ref).repository
+    original = local.get_manifest(repository, "current-tripleo")
+    try:
+        push_image(local, repository, "current-tripleo", [layer_blob("tampered", 500)])
+        assert skopeo_verdict(work, ref).status == UNSIGNED
+    finally:
+        local.put_manifest(repository, "current-tripleo", original)
+    # The same image under another name, signed by another key only: refused.
+    other_key, _ = ensure_key(work.parent / "other-key")
+    local.put_manifest(repository, "other", original)
+    sign_image(local, ImageRef(local.host, repository, "other"), original.digest, other_key)
+    ok, out = accepted(work, local, f"{local.host}/{repository}:other", repository, original.digest)
+    assert not ok, out
+
+
+def test_provenance_has_every_image_with_both_digests_and_the_rebuilds_statements(
+        lab_runs: dict[str, Any]) -> None:
+    work = Path(lab_runs["options"].work_dir)
+    data = json.loads((work / "provenance.json").read_text())
+    local = RegistryClient(lab_runs["env"]["APEX_REGISTRY_ADDRESS"], tls="http")
+    public = (work / "signing" / "signing.pub").read_bytes()
+    for image in data["images"]:
+        assert image["upstream"]["digest"].startswith("sha256:") and image["local"]["digest"].startswith("sha256:")
+        assert image["signature"]["tag"] == attachment_tag(image["local"]["digest"])
+        if image["rebuild"] is None:
+            assert image["local"]["digest"] == image["upstream"]["digest"]  # mirrored: the digest is kept
+            continue
+        rebuild = image["rebuild"]
+        assert image["local"]["ref"].endswith(":apex") and rebuild["base"]["digest"] == image["upstream"]["digest"]
+        assert rebuild["builder"] and all(len(p["sha256"]) == 64 for p in rebuild["patches"]) and rebuild["patches"]
+        statement = json.loads((work / rebuild["statement"]).read_text())
+        validate_slsa(statement)
+        assert statement["subject"][0]["digest"]["sha256"] == image["local"]["digest"].split(":")[1]
+        envelope = json.loads((work / "provenance" / f"{image['name']}.dsse.json").read_text())
+        body = base64.b64decode(envelope["payload"])
+        load_pem_public_key(public).verify(base64.b64decode(envelope["signatures"][0]["sig"]),
+                                           pae(IN_TOTO_JSON, body))
+        assert json.loads(body) == statement
+        # Attached by the referrers tag scheme; :apex stays one single-platform manifest.
+        repository = ImageRef.parse(image["local"]["ref"]).repository
+        index = local.get_manifest(repository, attachment_tag(image["local"]["digest"], "")).json()
+        assert [m["artifactType"] for m in index["manifests"]] == [IN_TOTO_JSON]
+        assert not local.get_manifest(repository, "apex").is_index
+    rebuilt = sorted(i["name"] for i in data["images"] if i["rebuild"])
+    assert rebuilt == sorted(NOVA_IMAGES)
+    disk = data["disk_images"]["overcloud"]
+    assert disk["customized"]["sha256"] == _sha(work / "overcloud-full.qcow2")
+    assert disk["upstream"]["checksums"]["md5"] and disk["patches"][0]["sha256"]
+    if "deploy" in lab_runs["first"]:
+        assert data["deploy"]["sha256"] == _sha(work / "deploy_command")
+
+
+def test_second_run_signs_nothing_and_report_fits_80_columns(lab_runs: dict[str, Any]) -> None:
+    assert not any("signed" in line for line in lab_runs["second"]["push-registry"]["changes"])
+    assert any(line.startswith("signed ") for line in lab_runs["first"]["push-registry"]["changes"])
+    env, root = lab_runs["env"], Path(lab_runs["options"].work_dir).parent
+    table = apex(["report"], env, root).stdout
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    for image in json.loads(apex(["report", "--json"], env, root).stdout)["images"]:
+        assert image["name"][:30] in table and image["local"]["digest"][:19] in table
+
+
+def test_overcloud_image_carries_the_policy(lab_runs: dict[str, Any]) -> None:
+    work = Path(lab_runs["options"].work_dir)
+    out = subprocess.run(["guestfish", "--ro", "-a", str(work / "overcloud-full.qcow2"), "-m", "/dev/sda"],
+                         input="cat /etc/containers/policy.json\ncat /etc/pki/containers/apex-tools.pub\n",
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith((work / "policy.json").read_text().replace(
+        str(work / "signing" / "signing.pub"), "/etc/pki/containers/apex-tools.pub"))
+    assert (work / "signing" / "signing.pub").read_text().strip() in out.stdout
+
+
+def test_no_secret_outside_its_0600_file(lab_runs: dict[str, Any]) -> None:
+    work = Path(lab_runs["options"].work_dir)
+    key = (work / "signing" / "signing.key").read_text()
+    secret = "".join(line for line in key.splitlines() if "-----" not in line)
+    holders = []
+    for path in work.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20:
+            if secret.encode() in path.read_bytes():
+                holders.append((path.relative_to(work), oct(path.stat().st_mode & 0o777)))
+    assert holders == [(Path("signing/signing.key"), "0o600")]
+    password = "pw-" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+    shown = apex(["config"], {**lab_runs["env"], "APEX_REGISTRY_PASSWORD": password}, work.parent).stdout
+    assert secret not in shown and password not in shown and "signing.key" in shown
+
+
+def test_a_new_key_resigns_every_image(lab_runs: dict[str, Any], tmp_path: Path) -> None:
+    env = dict(lab_runs["env"])
+    work = Path(lab_runs["options"].work_dir)
+    new = tmp_path / "new.key"
+    new.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    new.chmod(0o600)
+    env["APEX_SIGNING_KEY"] = str(new)
+    rows = {r["target"]: r for r in json_documents(apex(["-f", str(lab_config_path()), "push-registry", "--json"],
+                                                          env, work.parent).stdout)[0]}
+    digests = _deployment_refs(work)
+    assert f"signed {len(digests)} images (0 already signed)" in rows["push-registry"]["changes"]
+    local = RegistryClient(env["APEX_REGISTRY_ADDRESS"], tls="http")
+    ref, digest = sorted(digests.items())[0]
+    ok, out = accepted(work, local, ref, ImageRef.parse(ref).repository, digest)
+    assert ok, out

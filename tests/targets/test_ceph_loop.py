@@ -48,6 +48,7 @@ GOOD_PATCH = """\
 """
 BAD_PATCH = GOOD_PATCH.replace("include ::ceph", "include ::ceph::profile")
 CHANGE = "I" + "a" * 40
+REGISTRY = "192.0.2.1:8787"
 # What the test image holds; its hash (with the binaries') names the cached image.
 LIBS = ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
 RECIPE = f"""\
@@ -143,8 +144,9 @@ def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launches]:
 
 
 def make_workspace(root: Path, base: Path, *, ceph: bool = True, device: str | None = None,
-                   patch: str | None = None) -> dict[str, object]:
-    """An image cache holding ``base``, a deploy settings file and (optionally) one image patch."""
+                   patch: str | None = None, signing: bool = False) -> dict[str, object]:
+    """An image cache holding ``base``, a deploy settings file and (optionally) one image patch;
+    signing off unless asked (its policy would make every run customize the image)."""
     cache = root / "images" / OS_VERSION
     cache.mkdir(parents=True)
     shutil.copyfile(base, cache / IMAGE_NAME)
@@ -160,7 +162,8 @@ def make_workspace(root: Path, base: Path, *, ceph: bool = True, device: str | N
             "project": "openstack/puppet-tripleo", "change_id": CHANGE, "revision": "abc123",
             "file": "01-ceph.patch", "target_dir": "/etc/puppet/modules/tripleo", "strip": 1,
         }]))
-    return {"work_dir": str(work), "image_dir": str(root / "images"), "deploy_settings": str(settings)}
+    return {"work_dir": str(work), "image_dir": str(root / "images"), "deploy_settings": str(settings),
+            "signing": {"enabled": signing}, "registry": {"address": REGISTRY}}
 
 
 def context(values: dict[str, object], **kw: object) -> RunContext:
@@ -175,6 +178,9 @@ def read_back(image: Path) -> dict[str, str]:
         "puppet": f"cat {PUPPET_FILE}",
         "stage": "exists /tmp/apex-tools-stage",
         "backing": "exists /srv/data.img",
+        "policy": "cat /etc/containers/policy.json",
+        "registries_d": "cat /etc/containers/registries.d/apex-tools.yaml",
+        "public_key": "cat /etc/pki/containers/apex-tools.pub",
     }
     script = "".join(f"echo @@{name}\n-{cmd}\n" for name, cmd in probes.items())
     out = _guestfish("--ro", "-a", str(image), "-m", "/dev/sda", script=script)
@@ -189,7 +195,7 @@ def read_back(image: Path) -> dict[str, str]:
 def loop_run(base_qcow2: Path, launches: Launches, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """ceph-loop on a virtual deployment with one puppet patch, run twice, then read back."""
     root = tmp_path_factory.mktemp("loop")
-    values = {**make_workspace(root, base_qcow2, patch=GOOD_PATCH), "ceph": {"virtual": True}}
+    values = {**make_workspace(root, base_qcow2, patch=GOOD_PATCH, signing=True), "ceph": {"virtual": True}}
     source = root / "images" / OS_VERSION / IMAGE_NAME
     source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
     before = launches.count()
@@ -227,6 +233,26 @@ def test_unit_is_enabled_and_backing_file_left_to_first_boot(loop_run: dict) -> 
     assert inside["link"].strip() == f"/etc/systemd/system/{UNIT_NAME}"
     assert inside["backing"].strip() == "false"  # no blocks in the image: the unit creates it sparse
     assert inside["stage"].strip() == "false"  # the staged patches were removed from the image
+
+
+@pytest.mark.slow
+def test_image_requires_the_deployments_signatures_on_its_registry(loop_run: dict) -> None:
+    inside, work = loop_run["inside"], loop_run["work"]
+    policy = json.loads(inside["policy"])
+    assert policy["transports"]["docker"][REGISTRY] == [{
+        "type": "sigstoreSigned", "keyPath": "/etc/pki/containers/apex-tools.pub",
+        "signedIdentity": {"type": "matchRepoDigestOrExact"}}]
+    assert policy["default"] == [{"type": "insecureAcceptAnything"}]  # other registries as they were
+    assert yaml.safe_load(inside["registries_d"]) == {"docker": {REGISTRY: {"use-sigstore-attachments": True}}}
+    assert inside["public_key"].strip() == (work / "signing" / "signing.pub").read_text().strip()
+    assert "PRIVATE" not in inside["public_key"]
+    # The work dir's copy, for skopeo on this host, points at the key beside it.
+    local = json.loads((work / "policy.json").read_text())["transports"]["docker"][REGISTRY][0]
+    assert local["keyPath"] == str(work / "signing" / "signing.pub")
+    disk = json.loads((work / "provenance.json").read_text())["disk_images"]["overcloud"]
+    assert disk["customized"]["sha256"] == hashlib.sha256((work / IMAGE_NAME).read_bytes()).hexdigest()
+    assert [p["change_id"] for p in disk["patches"]] == [CHANGE] and len(disk["patches"][0]["sha256"]) == 64
+    assert "/etc/containers/policy.json" in disk["trust_files"]
 
 
 @pytest.mark.slow

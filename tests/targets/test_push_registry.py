@@ -70,6 +70,8 @@ def test_dry_run_then_mirror_then_up_to_date(lab):
     assert planned.status is Status.PLANNED
     assert planned.changes[0].startswith(f"start the local registry on {local}")
     assert any(f"mirror {count} of {count} images" in c for c in planned.changes), planned.changes
+    assert any(c.startswith("sign the images docker-images.yaml names (a key generated now)")
+               for c in planned.changes), planned.changes
     assert not work.exists() and not RegistryClient(local, tls="http").ping(), "a dry run touches nothing"
 
     result = push_registry(RunContext(lab["options"]()))

@@ -236,6 +236,8 @@ def test_define_start_up_to_date_changed_and_recreate(base_image, sshd, registry
     def run(memory=2048, **kw):
         data = {"work_dir": str(tmp_path / "work"), "image_dir": str(tmp_path / "images"),
                 "network_settings": str(network), "registry": {"address": registry.address},
+                # The playbook runs on this host: its containers trust files would land in /etc.
+                "signing": {"enabled": False},
                 "undercloud": {"driver": "libvirt", "libvirt_uri": "test:///default", "pool": "apex-test",
                                "pool_path": str(tmp_path / "pool"), "name": "uc-test", "memory": memory,
                                "disk_size": "1G", "host": sshd.host, "port": sshd.port, "user": sshd.user,

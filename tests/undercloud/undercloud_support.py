@@ -76,6 +76,8 @@ def existing_options(fake: FakeUndercloud, work: Path, registry: str, network: P
         "work_dir": str(work),
         "network_settings": str(network),
         "registry": {"address": registry},
+        # Its trust files would go to this host's /etc/containers (test_trust_playbook places them in a folder).
+        "signing": {"enabled": False},
         "undercloud": {
             "driver": "existing", "host": fake.server.host, "port": fake.server.port, "user": fake.server.user,
             "ssh_key": str(fake.server.key), "home": str(fake.home), "templates_dir": str(fake.templates),

@@ -1,0 +1,1 @@
+"""Trust: the signing key, sigstore signatures, the containers policy, provenance and its report."""
