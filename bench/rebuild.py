@@ -73,13 +73,13 @@ class Image:
 
 # -- the sets --------------------------------------------------------------------------------
 
-def lab_set(client: RegistryClient) -> list[Image]:
+def lab_set(client: RegistryClient, work: Path) -> list[Image]:
     """The lab's images (the default deployment's, as `apex lab up` seeds them); the six nova ones."""
     from apex_tools.core.config import Layer as ConfigLayer, resolve
     from apex_tools.core.run import RunContext
     from apex_tools.lab.stand import lab_seeds
 
-    options = resolve([ConfigLayer("bench", {"work_dir": tempfile.mkdtemp(prefix="apex-bench-"),
+    options = resolve([ConfigLayer("bench", {"work_dir": str(work / "lab-work"),
                                              "upstream": {"registry": client.host, "ceph_registry": client.host}})
                        ]).options
     seeds = lab_seeds(RunContext(options))
@@ -277,7 +277,7 @@ def main() -> int:
         registry = Registry(work / "registry")
         try:
             print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; seeding ...", flush=True)
-            sets = {"lab": lab_set(registry.client), "large": large_set(registry.client, count, scale)}
+            sets = {"lab": lab_set(registry.client, work), "large": large_set(registry.client, count, scale)}
             ok = True
             for name, images in sets.items():
                 ok &= run_set(name, images, registry, methods, work / name)
