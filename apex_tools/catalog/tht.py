@@ -73,6 +73,11 @@ def heat_templates_from_dir(root: Path, release: str) -> HeatTemplates:
     return _from_data(release, tripleo.read_heat_templates(Path(root)), str(root))
 
 
+def deprecated_only(registry: dict[str, str]) -> bool:
+    """True when an environment's resource registry maps services only to THT's ``deprecated/`` templates."""
+    return bool(registry) and all("/deprecated/" in template for template in registry.values())
+
+
 def scenario_environments(ds: DeploySettings, heat: HeatTemplates) -> list[str]:
     """The THT environment files a scenario adds, in deploy order (containers, HA, SDN, Ceph):
     of each kind's candidates the first the release has. The image choice and the deploy command
@@ -90,6 +95,10 @@ def scenario_environments(ds: DeploySettings, heat: HeatTemplates) -> list[str]:
     chosen = []
     for key, required in wanted:
         candidates = tripleo.SCENARIO_ENVIRONMENTS[key]
+        if key == "containers":
+            # Since stein containers are the default (podman); docker.yaml then only enables the
+            # deprecated Docker service, which train's client stops at a confirmation prompt for.
+            candidates = tuple(c for c in candidates if not deprecated_only(heat.scenario_environments.get(c, {})))
         found = next((c for c in candidates if heat.has_environment(c)), None)
         if found:
             chosen.append(found)

@@ -28,18 +28,15 @@ from apex_tools.core.workdir import (
     DEPLOY_COMMAND,
     DEPLOY_LOG,
     INSTACKENV,
-    NETWORK_DATA,
-    NETWORK_ENV,
     PARAMETER_FILE,
     PUSH_REGISTRY,
     STACK_FAILURES,
     STORAGE_ENV,
     UPLOAD_IMAGES,
-    UPSTREAM_ENV,
     artifact_dir,
 )
-from apex_tools.overcloud import environments, preflight
-from apex_tools.overcloud.command import DeployPlan, deploy_command, libvirt_type, local_files, tht_environments
+from apex_tools.overcloud import preflight
+from apex_tools.overcloud.command import DeployPlan, deploy_files, libvirt_type, local_files, tht_environments
 from apex_tools.overcloud.inventory import Inventory, load_inventory, scale_of
 from apex_tools.overcloud.stack import COMPLETE, STACK, stack_home, stack_status, undercloud_templates
 from apex_tools.registry.client import RegistryClient
@@ -117,14 +114,7 @@ def _check(run: RunContext) -> _Deploy:
     plan = DeployPlan(ds, ns, scale, tht, virtual, libvirt_type(options.deploy.libvirt_type, virtual),
                       options.deploy.timeout, ceph=ds.deploy_options.ceph)
     source = str(settings_path(options.network_settings, "network"))
-    files = {
-        DEPLOY_COMMAND: deploy_command(plan),
-        INSTACKENV: inventory.instackenv(),
-        NETWORK_ENV: environments.network_environment(ns, source),
-        UPSTREAM_ENV: environments.upstream_environment(run.os_version),
-        environments.node_environment_name(virtual): environments.node_environment(virtual, run.os_version, scale),
-        NETWORK_DATA: environments.network_data(),
-    }
+    files = deploy_files(plan, inventory, source)
     work = options.work_dir
     inputs = {name: _digest(text) for name, text in files.items()}
     for name in (PARAMETER_FILE, STORAGE_ENV):
