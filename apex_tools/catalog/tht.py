@@ -10,6 +10,7 @@ default roles' services and resource registries. From the bundled data
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,12 +36,21 @@ class HeatTemplates:
     # scenario environment file → its resource_registry (services only)
     scenario_environments: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)  # "tripleo-heat-templates 11.6.0" or the tree read
+    templates: frozenset[str] = field(default=frozenset(), compare=False)  # every template file (relative)
+    # environment file → resource type → template file as written (relative to the environment's folder)
+    environment_templates: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
 
     def has_parameter(self, name: str) -> bool:
         return name in self.parameters
 
     def has_environment(self, path: str) -> bool:
         return path.removeprefix("./") in self.environments
+
+    def missing_templates(self, environment: str) -> list[tuple[str, str]]:
+        """(resource type, template as written) of ``environment``'s registry that the release does not ship."""
+        folder = posixpath.dirname(environment.removeprefix("./"))
+        return [(kind, template) for kind, template in self.environment_templates.get(environment, {}).items()
+                if posixpath.normpath(posixpath.join(folder, template)) not in self.templates]
 
 
 def _from_data(release: str, data: dict[str, Any], source: str) -> HeatTemplates:
@@ -52,6 +62,8 @@ def _from_data(release: str, data: dict[str, Any], source: str) -> HeatTemplates
         resource_registry=dict(data["resource_registry"]),
         scenario_environments={e: dict(r) for e, r in data["scenario_environments"].items()},
         source=source,
+        templates=frozenset(data.get("templates", ())),
+        environment_templates={e: dict(r) for e, r in data.get("environment_templates", {}).items()},
     )
 
 
