@@ -20,7 +20,7 @@ import yaml
 
 from apex_tools.catalog import tripleo
 from apex_tools.core.errors import SettingsError
-from apex_tools.core.resources import data_path
+from apex_tools.core.resources import data_path, load_yaml
 from apex_tools.core.settings import OS_VERSIONS, DeploySettings
 
 
@@ -74,7 +74,7 @@ def heat_templates(os_version: str) -> HeatTemplates:
         raise SettingsError(f"OpenStack version {os_version!r} is unknown", f"use one of {', '.join(OS_VERSIONS)}")
     path = Path(data_path("build", "tripleo", os_version, "heat.yaml"))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
         return _from_data(os_version, data, f"{data['package']} {data['version']}")
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}", "regenerate it with scripts/update-catalog") from None

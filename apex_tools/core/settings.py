@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_origin
 
 import yaml
+
+from apex_tools.core.resources import load_yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apex_tools.core.errors import SettingsError
@@ -205,7 +207,7 @@ def _read_yaml(path: Path, what: str) -> Any:
     except OSError as exc:
         raise SettingsError(f"{what} {path}: cannot read: {exc.strerror}", "check the path and its permissions") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

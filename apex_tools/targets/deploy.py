@@ -162,7 +162,7 @@ def deploy(run: RunContext) -> TargetResult:
     record = run.state.load(TARGET)
     same = (not run.force and record is not None and record.fingerprint == check.fp and record.outputs_intact())
     if check.tripleo:
-        check.home = stack_home(check.undercloud, run.options.deploy.stack_home)
+        check.home = stack_home(check.undercloud, run.options.undercloud.home)
         check.status = stack_status(check.undercloud, f"{check.home}/stackrc")
         if same and record is not None and record.data.get("outcome") == DEPLOYED and check.status in COMPLETE:
             return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date (stack {STACK} {check.status})"])
@@ -251,11 +251,14 @@ def _apply(run: RunContext, check: _Deploy) -> TargetResult:
     work = run.options.work_dir
     changes: list[str] = []
     items: list[Item] = []
+    wrote = []
     for name, text in check.files.items():
         written = write_if_changed(work / name, text, mode=0o600 if name == INSTACKENV else 0o644)
         if written:
-            changes.append(f"wrote {work / name}")
-        items.append(Item(name, "written" if written else "up to date"))
+            wrote.append(name)
+        items.append(Item(name, "written" if written else "up to date", str(work / name)))
+    if wrote:  # one line, named relative to the work dir (each file is an item: --verbose)
+        changes.append(f"wrote {', '.join(wrote)}")
     passed = _preflight(run, check)
     items += [Item("pre-flight", "ok", line) for line in passed]
     outputs = [work / name for name in check.files]

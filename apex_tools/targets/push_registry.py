@@ -228,6 +228,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         actions = plan_rebuilds(check.rebuilds, local, bases)
         fp = _fingerprint(check.heads, actions, check.insecure, check.named)
     done = apply_rebuilds(actions, _builder(options, check.insecure and local.host), local) if actions else []
+    made: dict[tuple[str, str], int] = {}
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
@@ -235,7 +236,10 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
             verb = "rebuilt" if action.action == BUILD else "retagged"
             items.append(Item(action.rebuild.target.repository, verb,
                               f"{action.rebuild.target} = {action.key.tag if action.key else ''}"))
-            changes.append(f"{verb} {action.rebuild.target}")
+            key = (verb, action.rebuild.target.tag or "")
+            made[key] = made.get(key, 0) + 1
+    # Counted like the mirrored ones ("6 rebuilt as :apex"); each image is an item (--verbose).
+    changes += [f"{n} {verb} as :{tag}" for (verb, tag), n in sorted(made.items())]
     rebuilt = {a.rebuild.image for a in actions if a.action != SKIP}
 
     refs = parameter_refs(check.images, rebuilt)

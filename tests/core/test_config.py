@@ -112,3 +112,16 @@ def test_expand_fills_os_version(tmp_path):
     scenario.write_text("global_params: {ha_enabled: false}\ndeploy_options: {os_version: queens}\n")
     run = RunContext(options_from(Config(), {"APEX_DEPLOY_SETTINGS": str(scenario)}).options)
     assert run.expand(run.options.upstream.namespace) == "tripleoqueens"
+
+
+def test_the_old_stack_home_key_is_read_as_undercloud_home_with_a_deprecation_line(caplog) -> None:
+    from apex_tools.core.config import effective_config
+
+    old = resolve([Layer("apex.yaml", {"deploy": {"stack_home": "/srv/stack"}})]).options
+    assert old.undercloud.home == "/srv/stack"
+    assert "apex.yaml: deploy.stack_home is deprecated: it is now undercloud.home" in caplog.text
+    both = resolve([Layer("f", {"deploy": {"stack_home": "/old"}, "undercloud": {"home": "/new"}})]).options
+    assert both.undercloud.home == "/new" and "(ignored: undercloud.home is set too)" in caplog.text
+    env = effective_config([], {"APEX_DEPLOY_STACK_HOME": "/from/env"}).options
+    assert env.undercloud.home == "/from/env"
+    assert not hasattr(env.deploy, "stack_home")
