@@ -4,7 +4,7 @@ In a fresh temp work dir and lab (free loopback ports, never a running developer
   * the first run of the whole chain: each target's time and the total wall time;
   * the re-run with nothing changed: total wall time, and every request it made to the
     image mirror and both registries (from their access logs) with the bytes they sent.
-Goals on a 2-core machine: first run under 3 minutes; re-run under 2 s, sending no bytes beyond
+Goals on a 2-core machine: first run under 3 minutes; re-run within 0.5 s, sending no bytes beyond
 validation requests (mirror: HEAD or 304 only; registries: no blob read, no upload).
 
     python bench/deploy_lab.py            # re-run measured 5 times (median)
@@ -35,7 +35,7 @@ from apex_tools.lab.stand import mirror_paths  # noqa: E402
 from apex_tools.registry.client import RegistryClient  # noqa: E402
 
 FIRST_GOAL = 180.0
-RERUN_GOAL = 2.0
+RERUN_GOAL = 0.5  # issue 21: a re-run of deploy --lab, whole process
 # docker-registry's access log: ... "GET /v2/... HTTP/1.1" 200 1234 ...
 REGISTRY_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d+) (?P<bytes>\d+)')
 ACCESS_LOG = {"log": {"level": "info", "accesslog": {"disabled": False}}}
@@ -155,7 +155,7 @@ def main() -> int:
         print(f"(not built yet on this branch, not run: {', '.join(skipped)})")
     print(f"{'first run total (wall)':<40}{t_first:>10.2f} s (goal < {FIRST_GOAL:.0f} s)")
     median = statistics.median(times)
-    print(f"{'re-run total (wall, median of %d)' % len(times):<40}{median:>10.3f} s (goal < {RERUN_GOAL:.0f} s)")
+    print(f"{'re-run total (wall, median of %d)' % len(times):<40}{median:>10.3f} s (goal <= {RERUN_GOAL:.1f} s)")
     print("re-run per target: " + ", ".join(f"{n} {t:.2f} s" for n, t in rerun_seconds.items()))
     for name, rows in requests.items():
         kinds: dict[str, int] = {}
@@ -179,6 +179,8 @@ def main() -> int:
         print("  not up to date:", line)
     ok = t_first < FIRST_GOAL and median < RERUN_GOAL and not bad and not late and not failed
     print("goals:", "met" if ok else "NOT met")
+    if median > RERUN_GOAL:
+        print(f"!!! GOAL MISSED: the re-run took {median:.3f} s, the goal is <= {RERUN_GOAL:.1f} s (whole process) !!!")
     return 0 if not failed and not late else 1
 
 

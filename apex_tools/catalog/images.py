@@ -30,7 +30,7 @@ from apex_tools.catalog import tripleo
 from apex_tools.catalog.tht import HeatTemplates, heat_templates, scenario_environments
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.reference import ImageRef
-from apex_tools.core.resources import data_path
+from apex_tools.core.resources import data_path, load_yaml
 from apex_tools.core.settings import OS_VERSIONS, DeploySettings, short_name
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class Catalog:
 
 def _load_yaml(path: Path, model: type[BaseModel], hint: str) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"catalog {path}: cannot read: {exc}", hint) from None
     try:

@@ -10,6 +10,7 @@ default roles' services and resource registries. From the bundled data
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from apex_tools.catalog import tripleo
 from apex_tools.core.errors import SettingsError
-from apex_tools.core.resources import data_path
+from apex_tools.core.resources import data_path, load_yaml
 from apex_tools.core.settings import OS_VERSIONS, DeploySettings
 
 
@@ -35,12 +36,21 @@ class HeatTemplates:
     # scenario environment file → its resource_registry (services only)
     scenario_environments: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)  # "tripleo-heat-templates 11.6.0" or the tree read
+    templates: frozenset[str] = field(default=frozenset(), compare=False)  # every template file (relative)
+    # environment file → resource type → template file as written (relative to the environment's folder)
+    environment_templates: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
 
     def has_parameter(self, name: str) -> bool:
         return name in self.parameters
 
     def has_environment(self, path: str) -> bool:
         return path.removeprefix("./") in self.environments
+
+    def missing_templates(self, environment: str) -> list[tuple[str, str]]:
+        """(resource type, template as written) of ``environment``'s registry that the release does not ship."""
+        folder = posixpath.dirname(environment.removeprefix("./"))
+        return [(kind, template) for kind, template in self.environment_templates.get(environment, {}).items()
+                if posixpath.normpath(posixpath.join(folder, template)) not in self.templates]
 
 
 def _from_data(release: str, data: dict[str, Any], source: str) -> HeatTemplates:
@@ -52,6 +62,8 @@ def _from_data(release: str, data: dict[str, Any], source: str) -> HeatTemplates
         resource_registry=dict(data["resource_registry"]),
         scenario_environments={e: dict(r) for e, r in data["scenario_environments"].items()},
         source=source,
+        templates=frozenset(data.get("templates", ())),
+        environment_templates={e: dict(r) for e, r in data.get("environment_templates", {}).items()},
     )
 
 
@@ -62,7 +74,7 @@ def heat_templates(os_version: str) -> HeatTemplates:
         raise SettingsError(f"OpenStack version {os_version!r} is unknown", f"use one of {', '.join(OS_VERSIONS)}")
     path = Path(data_path("build", "tripleo", os_version, "heat.yaml"))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
         return _from_data(os_version, data, f"{data['package']} {data['version']}")
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}", "regenerate it with scripts/update-catalog") from None
@@ -71,6 +83,11 @@ def heat_templates(os_version: str) -> HeatTemplates:
 def heat_templates_from_dir(root: Path, release: str) -> HeatTemplates:
     """The same facts read from an installed tree (e.g. ``/usr/share/openstack-tripleo-heat-templates``)."""
     return _from_data(release, tripleo.read_heat_templates(Path(root)), str(root))
+
+
+def deprecated_only(registry: dict[str, str]) -> bool:
+    """True when an environment's resource registry maps services only to THT's ``deprecated/`` templates."""
+    return bool(registry) and all("/deprecated/" in template for template in registry.values())
 
 
 def scenario_environments(ds: DeploySettings, heat: HeatTemplates) -> list[str]:
@@ -90,6 +107,10 @@ def scenario_environments(ds: DeploySettings, heat: HeatTemplates) -> list[str]:
     chosen = []
     for key, required in wanted:
         candidates = tripleo.SCENARIO_ENVIRONMENTS[key]
+        if key == "containers":
+            # Since stein containers are the default (podman); docker.yaml then only enables the
+            # deprecated Docker service, which train's client stops at a confirmation prompt for.
+            candidates = tuple(c for c in candidates if not deprecated_only(heat.scenario_environments.get(c, {})))
         found = next((c for c in candidates if heat.has_environment(c)), None)
         if found:
             chosen.append(found)

@@ -256,6 +256,38 @@ def scenario_environments(root: Path) -> dict[str, dict[str, str]]:
     return dict(sorted(out.items()))
 
 
+def templates_of(root: Path) -> list[str]:
+    """Every template file (relative path) a resource registry may name, with ``x.j2.yaml`` also
+    as the ``x.yaml`` the plan renders."""
+    found: set[str] = set()
+    for path in template_files(root):
+        rel = path.relative_to(root).as_posix()
+        found.add(rel)
+        if rel.endswith(".j2.yaml"):
+            found.add(rel.removesuffix(".j2.yaml") + ".yaml")
+    return sorted(found)
+
+
+def environment_templates(root: Path) -> dict[str, dict[str, str]]:
+    """Environment file → the template files its ``resource_registry`` maps (type → path as written,
+    relative to the environment's folder); files without any are left out."""
+    out: dict[str, dict[str, str]] = {}
+    folder = root / "environments"
+    for path in sorted(folder.rglob("*.yaml")) if folder.is_dir() else ():
+        if path.name.endswith(".j2.yaml"):
+            continue
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        registry = data.get("resource_registry") if isinstance(data, dict) else None
+        files = {str(k): str(v) for k, v in (registry or {}).items()
+                 if isinstance(v, str) and v.endswith(".yaml")} if isinstance(registry, dict) else {}
+        if files:
+            out[path.relative_to(root).as_posix()] = dict(sorted(files.items()))
+    return out
+
+
 def read_heat_templates(root: Path) -> dict[str, Any]:
     """The facts of an unpacked or installed tripleo-heat-templates tree."""
     if not (root / "roles_data.yaml").is_file():
@@ -266,4 +298,6 @@ def read_heat_templates(root: Path) -> dict[str, Any]:
         "roles": role_services(root),
         "resource_registry": default_registry(root),
         "scenario_environments": scenario_environments(root),
+        "templates": templates_of(root),
+        "environment_templates": environment_templates(root),
     }

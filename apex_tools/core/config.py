@@ -8,6 +8,7 @@ same values: Invoke only contributes the files it loaded (``-f FILE``, ``/etc/ap
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.render_safety import control_char, shown
 from apex_tools.core.resources import data_path
+
+LOG = logging.getLogger(__name__)
 
 ENV_PREFIX = "APEX_"
 
@@ -108,7 +111,8 @@ DEFAULTS: dict[str, Any] = {
         "wait_timeout": 600.0,
         # Seconds configure_undercloud.yaml (with `openstack undercloud install`) may take.
         "playbook_timeout": 7200.0,
-        # The login user's home on the undercloud (undercloud.conf, stackrc); "" = the user's own.
+        # The stack user's home on the undercloud (undercloud.conf, stackrc, where deploy puts its
+        # files and runs the command); "" = the user's own there. Was also deploy.stack_home.
         "home": "",
         # Where TripleO's heat templates and ceph-ansible live on the undercloud.
         "templates_dir": "/usr/share/openstack-tripleo-heat-templates",
@@ -132,8 +136,8 @@ DEFAULTS: dict[str, Any] = {
     },
     # deploy: `timeout` minutes for `openstack overcloud deploy`; `libvirt_type` kvm | qemu
     # ("" = kvm on baremetal, and for VMs only where this host's /dev/kvm is usable and nested);
-    # `stack_home` is the stack user's home on the undercloud ("" = that user's home there).
-    "deploy": {"timeout": 120, "libvirt_type": "", "stack_home": ""},
+    # (The stack user's home is undercloud.home; deploy.stack_home is its old name, still read.)
+    "deploy": {"timeout": 120, "libvirt_type": ""},
     # ceph-loop: the loop device backing the OSDs when the deploy settings name no
     # ceph_device, and ceph-ansible's pool settings. `virtual` (VMs as overcloud nodes)
     # picks the loop file size and adds OSD/MDS container memory limits; baremetal is the
@@ -274,7 +278,6 @@ class UndercloudOptions(_Strict):
 class DeployOptions(_Strict):
     timeout: int = Field(ge=1, le=1440)
     libvirt_type: Literal["", "kvm", "qemu"]
-    stack_home: str
 
 
 class CephOptions(_Strict):
@@ -389,6 +392,9 @@ def env_layer(environ: Mapping[str, str]) -> Layer:
         name = env_name(key)
         if name in environ:
             values[key] = _cast(key, environ[name], f"environment {name}")
+    for old, new in RENAMED.items():  # resolve() says it is deprecated
+        if env_name(old) in environ:
+            values[old] = _cast(new, environ[env_name(old)], f"environment {env_name(old)}")
     return Layer("environment", _nest(values))
 
 
@@ -403,6 +409,10 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Old key → the one that replaced it: still read (the new one wins), with a deprecation line.
+RENAMED = {"deploy.stack_home": "undercloud.home"}
+
+
 def _unknown_keys(layer: Layer, foreign_keys: frozenset[str]) -> list[str]:
     problems = []
     for key, value in layer.data.items():
@@ -412,7 +422,7 @@ def _unknown_keys(layer: Layer, foreign_keys: frozenset[str]) -> list[str]:
                                 f"{key}: followed by indented key: value lines)")
                 continue
             for sub in value:
-                if f"{key}.{sub}" not in KNOWN_KEYS:
+                if f"{key}.{sub}" not in KNOWN_KEYS and f"{key}.{sub}" not in RENAMED:
                     allowed = ", ".join(k for k in KNOWN_KEYS if k.startswith(key + "."))
                     problems.append(f"{layer.source}: {key}.{sub}: unknown key (allowed: {allowed})")
         elif key not in KNOWN_KEYS and key not in foreign_keys:
@@ -429,7 +439,15 @@ def resolve(layers: Iterable[Layer], foreign_keys: frozenset[str] = frozenset())
     problems: list[str] = []
     for layer in layers:
         problems += _unknown_keys(layer, foreign_keys)
-        for key, value in flatten(layer.data).items():
+        given = flatten(layer.data)
+        for key, value in given.items():
+            new = RENAMED.get(key)
+            if new is not None:
+                LOG.warning("%s: %s is deprecated: it is now %s%s", layer.source, key, new,
+                            f" (ignored: {new} is set too)" if new in given else "")
+                if new in given:
+                    continue
+                key = new
             if key in values:
                 values[key] = value
                 sources[key] = layer.source

@@ -37,6 +37,8 @@ IMAGE_PATCHES_DIR = "image_patches"
 # ceph-loop → work_dir/ (the customized copy keeps the upstream image's name)
 CUSTOM_IMAGE = OVERCLOUD_QCOW2
 STORAGE_ENV = "storage-environment.yaml"
+# ceph-loop and the undercloud image prep → work_dir/state/: the libguestfs backend that worked here
+LIBGUESTFS_MEMORY = "state/libguestfs.json"
 
 # push-registry → work_dir/
 IMAGE_LISTS = ("overcloud_containers.yaml", "sdn_containers.yaml")

@@ -2,10 +2,10 @@
 
 libguestfs runs a small appliance VM for every ``virt-customize`` call, so operations are
 collected into one ``Customization`` and applied in a single launch. The appliance honours
-``LIBGUESTFS_BACKEND`` and ``LIBGUESTFS_BACKEND_SETTINGS`` from the environment; on machines
-where nested KVM is missing or broken set ``LIBGUESTFS_BACKEND=direct`` and
-``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` (software emulation: slower, about 10-20 s a launch,
-but it always works).
+``LIBGUESTFS_BACKEND`` and ``LIBGUESTFS_BACKEND_SETTINGS`` from the environment. Where
+``/dev/kvm`` exists but nested KVM hangs or crashes the appliance, the launch is bounded and
+retried once under TCG (software emulation: about 10-20 s a launch, but it always works); the
+backend that worked is remembered in the work dir so later runs go straight to it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,15 @@ LIBGUESTFS_HINT = (
     "install libguestfs-tools; without working (nested) KVM set "
     "LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg"
 )
+# A KVM appliance is up in a few seconds; past this the launch is taken as hung and TCG is tried.
+KVM_LAUNCH_SECONDS = 30.0
+KVM, TCG = "kvm", "tcg"
+# virt-customize's progress lines ("[   0.0] Examining the guest ..."): the first is printed
+# before the launch, the second once the appliance is up and the guest inspected.
+_PROGRESS = re.compile(r"^\[\s*\d+\.\d+\] ")
+# How libguestfs says the appliance itself did not come up (as opposed to a guest command failing).
+_LAUNCH_FAILED = re.compile(r"guestfs_launch failed|appliance closed the connection|appliance crashed|"
+                            r"killed by signal|/dev/kvm|could not access KVM|KVM_CREATE_VM")
 
 
 class GuestCommandError(ImageError):
@@ -90,28 +104,132 @@ class Customization:
         return bool(self.args)
 
 
-def customize(image: Path, ops: Customization) -> str:
-    """Apply ``ops`` to ``image`` in one ``virt-customize`` launch; return its output.
+@dataclass(frozen=True)
+class Launch:
+    """How a customization ran: its output, the backend that worked, why KVM was given up."""
 
-    A failure raises ``GuestCommandError`` carrying the full output (virt-customize dumps the
-    failed guest command's log to stderr), so callers can tell which step failed.
+    output: str
+    backend: str
+    fallback: str = ""
+
+    def note(self) -> str:
+        """One line for the summary when the run fell back to TCG, else ""."""
+        return f"libguestfs ran under TCG: {self.fallback}" if self.fallback else ""
+
+
+def _tcg_env() -> dict[str, str]:
+    settings = [s for s in os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "").split(":") if s]
+    return {**os.environ, "LIBGUESTFS_BACKEND": "direct",
+            "LIBGUESTFS_BACKEND_SETTINGS": ":".join([*settings, "force_tcg"] if "force_tcg" not in settings else settings)}
+
+
+def _forced_tcg() -> bool:
+    return "force_tcg" in os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "").split(":")
+
+
+def remembered_backend(memory: Path | None) -> str | None:
+    """The backend that worked last time (``kvm``/``tcg``) per ``memory``, else None."""
+    if memory is None:
+        return None
+    with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
+        backend = json.loads(Path(memory).read_text()).get("backend")
+        return backend if backend in (KVM, TCG) else None
+    return None
+
+
+def _remember(memory: Path | None, backend: str, why: str) -> None:
+    if memory is not None and remembered_backend(memory) != backend:
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memory, json.dumps({"backend": backend, "why": why}, indent=2, sort_keys=True) + "\n")
+
+
+def _run_bounded(argv: list[str], env: dict[str, str], launch_timeout: float | None) -> tuple[int | None, str]:
+    """Run virt-customize; (exit code, output), or (None, output) when the launch outlived the bound."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    lines: list[str] = []
+    launched = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        progress = 0
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            progress += bool(_PROGRESS.match(line))
+            if progress >= 2:
+                launched.set()
+        launched.set()  # end of output: nothing left to wait for
+
+    def stop() -> None:
+        # virt-customize and its qemu run in their own session: stop them all.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not launched.wait(launch_timeout):
+            stop()  # the appliance never came up
+            return None, "".join(lines)
+        code = proc.wait()
+    except BaseException:
+        stop()  # interrupted: leave no appliance behind
+        raise
+    reader.join()
+    return code, "".join(lines)
+
+
+def customize(image: Path, ops: Customization, memory: Path | None = None,
+              kvm_launch_seconds: float = KVM_LAUNCH_SECONDS) -> Launch:
+    """Apply ``ops`` to ``image`` in one ``virt-customize`` launch; how it ran.
+
+    Unless the environment already forces TCG or ``memory`` (a small JSON file in the work dir)
+    says KVM failed here before, the appliance is launched with the default backend; a launch that
+    fails or hangs longer than ``kvm_launch_seconds`` is retried once under TCG. The backend that
+    worked is written to ``memory``. A failure raises ``GuestCommandError`` carrying the full
+    output (virt-customize dumps the failed guest command's log to stderr), so callers can tell
+    which step failed.
     """
     if not ops:
-        return ""
-    argv = ["--no-network", "-a", str(image), *ops.args]
-    LOG.debug("virt-customize %s", " ".join(argv))
-    try:
-        done = _tool("virt-customize")(*argv, _tty_out=False, _err_to_out=True)
-    except sh.ErrorReturnCode as exc:
-        output = exc.stdout.decode(errors="replace")
-        last = [line for line in output.splitlines() if "error" in line.lower()][-1:] or ["(no output)"]
+        return Launch("", TCG if _forced_tcg() else KVM)
+    tool = shutil.which("virt-customize")
+    if tool is None:
+        raise ImageError("virt-customize: command not found", LIBGUESTFS_HINT)
+    argv = [tool, "--no-network", "-a", str(image), *ops.args]
+    LOG.debug("virt-customize %s", " ".join(argv[1:]))
+    fallback = ""
+    if _forced_tcg() or remembered_backend(memory) == TCG:
+        backend, env, bound = TCG, _tcg_env(), None
+    else:
+        backend, env, bound = KVM, dict(os.environ), kvm_launch_seconds
+        code, output = _run_bounded(argv, env, bound)
+        if code is None or (code != 0 and _LAUNCH_FAILED.search(output)):
+            fallback = (f"the KVM launch hung for {bound:.0f} s" if code is None
+                        else f"the KVM launch failed ({_last_error(output)})")
+            LOG.warning("libguestfs: %s; retrying once under TCG", fallback)
+            LOG.debug("virt-customize output (KVM):\n%s", output)
+            backend, env = TCG, _tcg_env()
+    if backend == TCG:
+        code, output = _run_bounded(argv, env, None)
+    if code != 0:
+        tried = "under KVM and then TCG" if fallback else f"under {backend.upper()}"
+        launch = bool(_LAUNCH_FAILED.search(output))
         raise GuestCommandError(
-            f"virt-customize of {image} failed: {last[0].strip()}",
-            "see the log for the full output; " + LIBGUESTFS_HINT,
+            f"virt-customize of {image} failed {tried}: {_last_error(output)}",
+            "see the log for the full output; " + (LIBGUESTFS_HINT if launch else "the failing step is named above"),
             output,
-        ) from None
-    LOG.debug("virt-customize output:\n%s", done)
-    return str(done)
+        )
+    LOG.debug("virt-customize output:\n%s", output)
+    _remember(memory, backend, fallback or f"{backend} launch worked")
+    return Launch(output, backend, fallback)
+
+
+def _last_error(output: str) -> str:
+    last = [line for line in output.splitlines() if "error" in line.lower()][-1:] or ["(no output)"]
+    return last[0].strip()
 
 
 def sparse_copy(source: Path, dest: Path) -> None:

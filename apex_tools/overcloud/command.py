@@ -3,8 +3,10 @@
 Environment files: the network environment, THT's ``docker.yaml`` where the release has it,
 ``docker-ha.yaml`` with HA, the upstream environment, ``docker-images.yaml``, the scenario's SDN
 and feature files, the Ceph files, the virtual or baremetal environment. Then ``--ntp-server``,
-the scale and flavors (flags where the release takes them), ``--networks-file`` and
-``--libvirt-type``. Local files are named relative to the stack user's home, where the deploy
+the scale and flavors (flags where the release takes them), ``--networks-file`` (and, where
+the release's client asks for confirmation of its v1 format, ``--allow-deprecated-network-data``),
+``--disable-container-prepare`` where the client would prepare images itself, and
+``--libvirt-type``. The command runs without a terminal: nothing on it may make the client prompt. Local files are named relative to the stack user's home, where the deploy
 playbook puts them and runs the command.
 """
 
@@ -19,9 +21,18 @@ from apex_tools.catalog.tht import HeatTemplates, scenario_environments
 from apex_tools.catalog.tripleo import SCENARIO_ENVIRONMENTS
 from apex_tools.core.errors import SettingsError
 from apex_tools.core.settings import DeploySettings, NetworkSettings
-from apex_tools.core.workdir import NETWORK_DATA, NETWORK_ENV, PARAMETER_FILE, STORAGE_ENV, UPSTREAM_ENV
+from apex_tools.core.workdir import (
+    DEPLOY_COMMAND,
+    INSTACKENV,
+    NETWORK_DATA,
+    NETWORK_ENV,
+    PARAMETER_FILE,
+    STORAGE_ENV,
+    UPSTREAM_ENV,
+)
+from apex_tools.overcloud import environments
 from apex_tools.overcloud.environments import SCALE_FLAG_RELEASES, node_environment_name
-from apex_tools.overcloud.inventory import Scale
+from apex_tools.overcloud.inventory import Inventory, Scale
 
 THT_ROOT = "/usr/share/openstack-tripleo-heat-templates"
 DOCKER_ENV = "environments/docker.yaml"
@@ -31,6 +42,13 @@ SERVICE_DIRS = {"queens": "environments/services-docker"}
 DEFAULT_SERVICE_DIR = "environments/services"
 # Feature switches whose service environment Apex added (OTHER_FILE_MAP, containers).
 FEATURE_FILES = ("tacker", "congress", "barometer", "rt_kvm")
+# Releases whose python-tripleoclient prepares container images itself during the deploy unless
+# told not to (--disable-container-prepare: 14.x victoria, 16.x wallaby, 20.x master): from the
+# release defaults on quay.io, which fails disconnected and overrides docker-images.yaml.
+DISABLE_PREPARE_RELEASES = ("victoria", "wallaby", "master")
+# Releases whose client asks for confirmation of a v1 network_data file (16.x wallaby, 20.x
+# master) unless --allow-deprecated-network-data; the deploy runs without a terminal.
+OLD_NETWORK_DATA_FLAG_RELEASES = ("wallaby", "master")
 
 
 @dataclass(frozen=True)
@@ -129,8 +147,12 @@ def command_args(plan: DeployPlan) -> list[str]:
     if plan.os_version in SCALE_FLAG_RELEASES:
         args += ["--control-scale", str(plan.scale.control), "--compute-scale", str(plan.scale.compute),
                  "--control-flavor", "control", "--compute-flavor", "compute"]
-    # Every supported release (Pike and later) takes a networks file.
+    # Every supported release (Pike and later) takes a networks file (ours is v1: see above).
     args += ["--networks-file", NETWORK_DATA]
+    if plan.os_version in OLD_NETWORK_DATA_FLAG_RELEASES:
+        args.append("--allow-deprecated-network-data")
+    if plan.os_version in DISABLE_PREPARE_RELEASES:
+        args.append("--disable-container-prepare")
     args += ["--libvirt-type", plan.libvirt_type]
     return args
 
@@ -138,6 +160,18 @@ def command_args(plan: DeployPlan) -> list[str]:
 def deploy_command(plan: DeployPlan) -> str:
     """``deploy_command``'s text: one shell line, quoted, newline-terminated (same inputs, same bytes)."""
     return " ".join(shlex.quote(a) for a in command_args(plan)) + "\n"
+
+
+def deploy_files(plan: DeployPlan, inventory: Inventory, network_source: str) -> dict[str, str]:
+    """Every file deploy writes to the work dir (name → text): the command and its own environments."""
+    return {
+        DEPLOY_COMMAND: deploy_command(plan),
+        INSTACKENV: inventory.instackenv(),
+        NETWORK_ENV: environments.network_environment(plan.ns, network_source),
+        UPSTREAM_ENV: environments.upstream_environment(plan.os_version),
+        node_environment_name(plan.virtual): environments.node_environment(plan.virtual, plan.os_version, plan.scale),
+        NETWORK_DATA: environments.network_data(),
+    }
 
 
 def libvirt_type(setting: str, virtual: bool, dev_kvm: Path = Path("/dev/kvm"),

@@ -24,6 +24,18 @@ from apex_tools.undercloud.base import Undercloud
 log = logging.getLogger(__name__)
 
 
+# Services a release's python-tripleoclient asks to confirm when an environment enables them
+# (its constants.DEPRECATED_SERVICES: 11.5.2 stein, 12.6.0 train (Docker on python 3), 13.x
+# ussuri, 14.x victoria; none since wallaby). The deploy runs the client without a terminal.
+CLIENT_DEPRECATED: dict[str, tuple[str, ...]] = {
+    "stein": ("OS::TripleO::Services::OpenDaylightApi",),
+    "train": tuple(f"OS::TripleO::Services::{name}" for name in (
+        "OpenDaylightApi", "NovaPlacement", "RabbitMQ", "Congress", "GlanceRegistry", "NovaConsoleauth", "Docker")),
+    "ussuri": ("OS::TripleO::Services::OpenDaylightApi",),
+    "victoria": ("OS::TripleO::Services::OpenDaylightApi",),
+}
+
+
 class PreflightError(ApexError):
     """A pre-flight check failed: the deploy would have failed later."""
 
@@ -61,6 +73,20 @@ def check_environment_files(files: Mapping[str, Path], tht_paths: Iterable[str],
         if not tht.has_environment(rel):
             problems.append(Problem("environment files", f"tripleo-heat-templates {tht.release} has no {rel}",
                                     "change the deploy settings' features, or use a release that has it"))
+            continue
+        # What Heat would stop at ("Could not fetch contents"), after the stack was created.
+        for kind, template in tht.missing_templates(rel):
+            problems.append(Problem("environment files", f"{rel}: resource_registry {kind} maps {template}, which "
+                                    f"tripleo-heat-templates {tht.release} ({tht.source or 'as given'}) does not "
+                                    "ship: the stock release cannot deploy this scenario",
+                                    "pick another scenario or os_version, or patch the templates (image_patches)"))
+        registry = tht.environment_templates.get(rel, {})
+        for service in CLIENT_DEPRECATED.get(tht.release, ()):
+            if service in registry:
+                problems.append(Problem("environment files", f"{rel} enables {service}, which {tht.release}'s "
+                                        "python-tripleoclient deprecates: the deploy would stop at its "
+                                        "confirmation prompt (\"Action not confirmed\") without a terminal",
+                                        "pick another scenario or os_version"))
     return problems
 
 

@@ -28,7 +28,7 @@ def stack_home(undercloud: Undercloud, setting: str) -> str:
     home = found.stdout.strip()
     if found.status != 0 or not home:
         raise UndercloudError(f"the undercloud has no user {user!r} (no home directory found)",
-                              "set undercloud.user to the stack user, or deploy.stack_home to its home")
+                              "set undercloud.user to the stack user, or undercloud.home to its home")
     return home
 
 

@@ -33,8 +33,16 @@ from apex_tools.diskimage.customize import (
 from apex_tools.core.errors import ImageError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, fsync_path, write_if_changed
-from apex_tools.core.workdir import (CEPH_LOOP, CUSTOM_IMAGE, IMAGE_PATCHES_DIR, OVERCLOUD_TAR, STORAGE_ENV,
-                                     artifact_dir, overcloud_image)
+from apex_tools.core.workdir import (
+    CEPH_LOOP,
+    CUSTOM_IMAGE,
+    IMAGE_PATCHES_DIR,
+    LIBGUESTFS_MEMORY,
+    OVERCLOUD_TAR,
+    STORAGE_ENV,
+    artifact_dir,
+    overcloud_image,
+)
 from apex_tools.trust.node import node_files, upstream_checksums
 from apex_tools.trust.provenance import update_provenance
 
@@ -185,8 +193,10 @@ def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_pat
 def _build_image(
     run: RunContext, source: Path, dest: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch],
     trust: dict[str, bytes],
-) -> None:
-    """Customize a copy of ``source`` and move it to ``dest`` only when every step succeeded."""
+) -> str:
+    """Customize a copy of ``source`` and move it to ``dest`` only when every step succeeded.
+
+    Returns a line for the summary when libguestfs had to fall back to TCG, else ""."""
     work = run.options.work_dir
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=".ceph-loop.") as tmp:
@@ -194,16 +204,18 @@ def _build_image(
         ops = _customization(stage, loop, patches, patches_dir(run), trust)
         partial = stage / IMAGE_NAME
         sparse_copy(source, partial)
+        note = ""
         if ops:
             with run.progress(f"customizing {IMAGE_NAME} ({len(ops.steps)} steps, one launch)", None):
                 try:
-                    customize(partial, ops)
+                    note = customize(partial, ops, memory=work / LIBGUESTFS_MEMORY).note()
                 except GuestCommandError as exc:
                     LOG.debug("virt-customize output:\n%s", exc.output)
                     raise image_patches.failure(exc.output, patches, IMAGE_NAME) or exc from None
         # The image's bytes reach the disk before its name does: a crash never leaves a torn image.
         fsync_path(partial)
         os.replace(partial, dest)
+        return note
 
 
 def _write_storage_env(
@@ -281,8 +293,9 @@ def ceph_loop(run: RunContext) -> TargetResult:
     if image_current:
         items.append(Item(IMAGE_NAME, "up to date", ", ".join(what)))
     else:
-        _build_image(run, source, image_out, loop, patches, trust)
+        note = _build_image(run, source, image_out, loop, patches, trust)
         changes.append(f"{IMAGE_NAME}: {', '.join(what) or 'copied unchanged'}")
+        changes += [note] if note else []
         items.append(Item(IMAGE_NAME, "customized" if what else "copied", ", ".join(what) or "no changes needed"))
     outputs = [image_out]
     cluster, env_changes, env_item = _write_storage_env(run, device, env_out, cluster)

@@ -29,18 +29,15 @@ from apex_tools.core.workdir import (
     DEPLOY_COMMAND,
     DEPLOY_LOG,
     INSTACKENV,
-    NETWORK_DATA,
-    NETWORK_ENV,
     PARAMETER_FILE,
     PUSH_REGISTRY,
     STACK_FAILURES,
     STORAGE_ENV,
     UPLOAD_IMAGES,
-    UPSTREAM_ENV,
     artifact_dir,
 )
-from apex_tools.overcloud import environments, preflight
-from apex_tools.overcloud.command import DeployPlan, deploy_command, libvirt_type, local_files, tht_environments
+from apex_tools.overcloud import preflight
+from apex_tools.overcloud.command import DeployPlan, deploy_files, libvirt_type, local_files, tht_environments
 from apex_tools.overcloud.inventory import Inventory, load_inventory, scale_of
 from apex_tools.overcloud.stack import COMPLETE, STACK, stack_home, stack_status, undercloud_templates
 from apex_tools.registry.client import RegistryClient
@@ -114,14 +111,7 @@ def _check(run: RunContext) -> _Deploy:
     plan = DeployPlan(ds, ns, scale, tht, virtual, libvirt_type(options.deploy.libvirt_type, virtual),
                       options.deploy.timeout, ceph=ds.deploy_options.ceph)
     source = str(settings_path(options.network_settings, "network"))
-    files = {
-        DEPLOY_COMMAND: deploy_command(plan),
-        INSTACKENV: inventory.instackenv(),
-        NETWORK_ENV: environments.network_environment(ns, source),
-        UPSTREAM_ENV: environments.upstream_environment(run.os_version),
-        environments.node_environment_name(virtual): environments.node_environment(virtual, run.os_version, scale),
-        NETWORK_DATA: environments.network_data(),
-    }
+    files = deploy_files(plan, inventory, source)
     work = options.work_dir
 
     def _digest(data: bytes | str) -> str:
@@ -174,7 +164,7 @@ def deploy(run: RunContext) -> TargetResult:
     record = run.state.load(TARGET)
     same = (not run.force and record is not None and record.fingerprint == check.fp and record.outputs_intact())
     if check.tripleo:
-        check.home = stack_home(check.undercloud, run.options.deploy.stack_home)
+        check.home = stack_home(check.undercloud, run.options.undercloud.home)
         check.status = stack_status(check.undercloud, f"{check.home}/stackrc")
         if same and record is not None and record.data.get("outcome") == DEPLOYED and check.status in COMPLETE:
             return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date (stack {STACK} {check.status})"])
@@ -268,11 +258,14 @@ def _apply(run: RunContext, check: _Deploy) -> TargetResult:
     work = run.options.work_dir
     changes: list[str] = []
     items: list[Item] = []
+    wrote = []
     for name, text in check.files.items():
         written = write_if_changed(work / name, text, mode=0o600 if name == INSTACKENV else 0o644)
         if written:
-            changes.append(f"wrote {work / name}")
-        items.append(Item(name, "written" if written else "up to date"))
+            wrote.append(name)
+        items.append(Item(name, "written" if written else "up to date", str(work / name)))
+    if wrote:  # one line, named relative to the work dir (each file is an item: --verbose)
+        changes.append(f"wrote {', '.join(wrote)}")
     passed = _preflight(run, check)
     items += [Item("pre-flight", "ok", line) for line in passed]
     # provenance.json is completed with the command that deploys what it lists.

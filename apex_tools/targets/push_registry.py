@@ -243,6 +243,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     engines = _Engines(options, check.insecure and local.host)
     report = apply_rebuilds(actions, local, engines, options.jobs) if actions else RebuildReport()
     done = {a.rebuild.image: a for a in report.done}
+    made: dict[tuple[str, str, str], int] = {}
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
@@ -250,7 +251,11 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
             verb = "rebuilt" if action.action == BUILD else "retagged"
             items.append(Item(action.rebuild.target.repository, verb,
                               f"{action.rebuild.target} = {action.key.tag if action.key else ''} ({action.builder})"))
-            changes.append(f"{verb} {action.rebuild.target}" + (f" with {action.builder}" if verb == "rebuilt" else ""))
+            key = (verb, action.rebuild.target.tag or "", action.builder if verb == "rebuilt" else "")
+            made[key] = made.get(key, 0) + 1
+    # Counted like the mirrored ones ("6 rebuilt as :apex"); each image is an item (--verbose).
+    changes += [f"{n} {verb} as :{tag}" + (f" ({builder})" if builder else "")
+                for (verb, tag, builder), n in sorted(made.items())]
     if report.layers_read:
         changes.append(f"native builds read {report.layers_read} layers ({report.bytes_read} bytes), "
                        f"uploaded {report.uploads} blobs")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from apex_tools.core.errors import ImageError
 from apex_tools.core.state import fsync_path
-from apex_tools.core.workdir import IMAGE_PATCHES_DIR
+from apex_tools.core.workdir import IMAGE_PATCHES_DIR, LIBGUESTFS_MEMORY
 from apex_tools.diskimage.customize import Customization, GuestCommandError, customize, sparse_copy
 from apex_tools.patching import image_patches
 from apex_tools.core.render_safety import checked
@@ -72,8 +72,10 @@ fi
 """
 
 
-def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, work_dir: Path, user: str) -> None:
-    """Copy ``source`` to ``dest`` (only when every step succeeded), grown and prepared in one launch."""
+def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, work_dir: Path, user: str) -> str:
+    """Copy ``source`` to ``dest`` (only when every step succeeded), grown and prepared in one launch.
+
+    Returns a line for the summary when libguestfs had to fall back to TCG, else ""."""
     if not public_key.is_file():
         raise ImageError(f"public key {public_key} is missing", "undercloud.ssh_key needs its .pub beside it")
     pdir = Path(work_dir) / IMAGE_PATCHES_DIR / "undercloud"
@@ -102,9 +104,10 @@ def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, wo
             ops.run_command(f"sh {GUEST_STAGE}/apply-patches.sh", f"apply {len(patches)} undercloud patch(es)")
         ops.delete(GUEST_STAGE)
         try:
-            customize(partial, ops)
+            note = customize(partial, ops, memory=Path(work_dir) / LIBGUESTFS_MEMORY).note()
         except GuestCommandError as exc:
             LOG.debug("virt-customize output:\n%s", exc.output)
             raise image_patches.failure(exc.output, patches, dest.name) or exc from None
         fsync_path(partial)
         os.replace(partial, dest)
+    return note

@@ -320,14 +320,14 @@ class LibvirtUndercloud(SSHUndercloud):
                                   "run fetch-images first (fetch.undercloud_image for undercloud.qcow2)")
         key = self.ensure_key()
         dest = self.volume_path()
-        prepare_image(source, dest, Path(f"{key}.pub"), self.options.undercloud.disk_size,
-                      self.options.work_dir, self.options.undercloud.user)
+        note = prepare_image(source, dest, Path(f"{key}.pub"), self.options.undercloud.disk_size,
+                             self.options.work_dir, self.options.undercloud.user)
         if not partitioned:
             for src, dst in zip((source.with_suffix(".vmlinuz"), source.with_suffix(".initrd")), self.boot_files(False)):
                 if src.is_file() and dst is not None:
                     dst.write_bytes(src.read_bytes())
         self._refresh_pool()
-        return f"prepared volume {dest} from {source.name}"
+        return f"prepared volume {dest} from {source.name}" + (f" ({note})" if note else "")
 
     def _refresh_pool(self) -> None:
         import libvirt

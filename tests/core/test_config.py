@@ -155,3 +155,16 @@ def test_no_python_config_file_is_ever_executed_and_apex_config_names_the_projec
                          env=env, timeout=60)
     assert run.stdout.splitlines()[0] == f"# project file: {tmp_path / 'apex.yaml'}"
     assert not marker.exists()
+
+
+def test_the_old_stack_home_key_is_read_as_undercloud_home_with_a_deprecation_line(caplog) -> None:
+    from apex_tools.core.config import effective_config
+
+    old = resolve([Layer("apex.yaml", {"deploy": {"stack_home": "/srv/stack"}})]).options
+    assert old.undercloud.home == "/srv/stack"
+    assert "apex.yaml: deploy.stack_home is deprecated: it is now undercloud.home" in caplog.text
+    both = resolve([Layer("f", {"deploy": {"stack_home": "/old"}, "undercloud": {"home": "/new"}})]).options
+    assert both.undercloud.home == "/new" and "(ignored: undercloud.home is set too)" in caplog.text
+    env = effective_config([], {"APEX_DEPLOY_STACK_HOME": "/from/env"}).options
+    assert env.undercloud.home == "/from/env"
+    assert not hasattr(env.deploy, "stack_home")

@@ -112,3 +112,46 @@ def test_scale_and_the_undercloud(tmp_path) -> None:
     assert problem.message == f"{inv.path}: 2 compute nodes wanted, 1 with profile:compute"
     options = resolve([Layer("test", {"work_dir": str(tmp_path), "undercloud": {"driver": "local"}})]).options
     assert preflight.check_undercloud(LocalUndercloud(options, "127.0.0.1:8787")) == []
+
+
+def _plan(scenario: str, os_version: str | None = None):
+    from apex_tools.catalog.tht import heat_templates
+    from apex_tools.core.settings import load_deploy_settings, load_network_settings
+    from apex_tools.overcloud.command import DeployPlan
+    from apex_tools.overcloud.inventory import scale_of
+
+    ds = load_deploy_settings(REPO / "config" / "deploy" / f"{scenario}.yaml")
+    if os_version:
+        ds = ds.model_copy(update={"deploy_options": ds.deploy_options.model_copy(update={"os_version": os_version})})
+    inventory = load_inventory(REPO / "config" / "inventory" / "virtual-ha.yaml")
+    return DeployPlan(ds, load_network_settings(REPO / "config" / "network" / "network_settings.yaml"),
+                      scale_of(inventory, ds.global_params.ha_enabled), heat_templates(ds.os_version), True, "qemu",
+                      120, ceph=ds.deploy_options.ceph)
+
+
+def test_the_odl_stein_scenario_is_refused_naming_file_entry_and_missing_template() -> None:
+    from apex_tools.overcloud.command import tht_environments
+
+    plan = _plan("os-odl-nofeature-noha")
+    problems = [str(p) for p in preflight.check_environment_files({}, tht_environments(plan), plan.tht)]
+    assert problems == [
+        "[environment files] environments/services/neutron-opendaylight.yaml: resource_registry "
+        "OS::TripleO::Services::OpenDaylightOvs maps ../../puppet/services/opendaylight-ovs.yaml, which "
+        "tripleo-heat-templates stein (tripleo-heat-templates 10.6.2) does not ship: the stock release cannot deploy "
+        "this scenario — pick another scenario or os_version, or patch the templates (image_patches)",
+        "[environment files] environments/services/neutron-opendaylight.yaml enables "
+        "OS::TripleO::Services::OpenDaylightApi, which stein's python-tripleoclient deprecates: the deploy would stop "
+        "at its confirmation prompt (\"Action not confirmed\") without a terminal — pick another scenario or os_version",
+    ]
+
+
+@pytest.mark.parametrize("scenario, os_version", [
+    ("os-nosdn-nofeature-noha", "stein"), ("os-nosdn-nofeature-noha", "train"), ("os-nosdn-nofeature-noha", None),
+    ("os-nosdn-nofeature-ha", "train"), ("os-nosdn-nofeature-ha", None), ("os-nosdn-queens_upstream-noha", None),
+], ids=lambda v: str(v))
+def test_every_registry_entry_of_the_other_scenarios_resolves(scenario: str, os_version: str | None) -> None:
+    from apex_tools.overcloud.command import tht_environments
+
+    plan = _plan(scenario, os_version)
+    assert tht_environments(plan)
+    assert preflight.check_environment_files({}, tht_environments(plan), plan.tht) == []

@@ -95,8 +95,8 @@ def lab(tmp_path, registry, monkeypatch):
     data = {
         "work_dir": str(work), "image_dir": str(images), "deploy_settings": "os-nosdn-nofeature-noha",
         "inventory_file": "virtual", "registry": {"address": registry.address},
-        "undercloud": {"driver": "local", "user": getpass.getuser()},
-        "deploy": {"stack_home": str(home), "libvirt_type": "qemu"}, "ceph": {"virtual": True},
+        "undercloud": {"driver": "local", "user": getpass.getuser(), "home": str(home)},
+        "deploy": {"libvirt_type": "qemu"}, "ceph": {"virtual": True},
     }
     fake = tmp_path / "fake-openstack"
     fake.mkdir()
@@ -128,6 +128,9 @@ def test_without_tripleo_the_target_ends_ready_then_is_up_to_date(lab):
     assert result.status is Status.READY and not result.failed
     assert any(line.startswith(f"ready: {work / 'deploy_command'}; not run: the undercloud (local driver) has no "
                                "TripleO") for line in result.changes)
+    # One line for the written files, named relative to the work dir (80 columns).
+    assert "wrote deploy_command, instackenv.json, network-environment.yaml, upstream-environment.yaml, " \
+        "virtual-environment.yaml, network_data.yaml" in result.changes, result.changes
     command = (work / "deploy_command").read_text()
     assert command.startswith("openstack overcloud deploy --templates --timeout 120 -e network-environment.yaml ")
     assert " -e docker-images.yaml " in command and command.endswith(" --libvirt-type qemu\n")
@@ -140,7 +143,7 @@ def test_without_tripleo_the_target_ends_ready_then_is_up_to_date(lab):
     # Same inputs, same bytes.
     assert (work / "deploy_command").read_text() == command
 
-    changed = deploy(RunContext(lab["options"](deploy={"stack_home": str(lab["home"]), "libvirt_type": "kvm"}),
+    changed = deploy(RunContext(lab["options"](deploy={"libvirt_type": "kvm"}),
                                 dry_run=True))
     assert changed.status is Status.PLANNED and changed.changes[0] == f"write deploy_command in {work}"
 
@@ -188,7 +191,7 @@ def test_with_tripleo_both_playbooks_run_and_the_command_runs_under_stackrc(lab)
     again = deploy(RunContext(lab["options"]()))
     assert again.status is Status.UP_TO_DATE and again.changes == ["up to date (stack overcloud CREATE_COMPLETE)"]
 
-    other = lab["options"](deploy={"stack_home": str(home), "libvirt_type": "kvm"})
+    other = lab["options"](deploy={"libvirt_type": "kvm"})
     update = deploy(RunContext(other, dry_run=True))
     assert update.changes[-1] == "stack update: changed: deploy_command"
 
@@ -267,7 +270,7 @@ def test_over_ssh_an_existing_undercloud_runs_both_playbooks_and_the_command(lab
         script.write_text(OPENSTACK.replace("#!/bin/bash\n", f"#!/bin/bash\nFAKE_OS_DIR={shlex.quote(str(fake))}\n", 1))
         script.chmod(0o755)
         options = lab["options"](undercloud={"driver": "existing", "host": server.host, "port": server.port,
-                                             "user": server.user, "ssh_key": str(server.key)})
+                                             "user": server.user, "ssh_key": str(server.key), "home": str(home)})
         result = deploy(RunContext(options))
         assert result.status is Status.CHANGED, result
         assert result.changes[-1] == "stack create: stack overcloud CREATE_COMPLETE"

@@ -124,6 +124,7 @@ def test_patched_image_rebuilt_as_apex_and_found_again(lab, builder, docker_clie
     assert result.status is Status.CHANGED, result.changes
     rebuilt = [i for i in result.items if i.status == "rebuilt"]
     assert [i.name for i in rebuilt] == [NOVA_API]
+    assert "1 rebuilt as :apex" in result.changes, result.changes  # counted, not a line per image
     assert _params(work)["ContainerNovaApiImage"] == f"{local}/{NOVA_API}:apex"
     assert _params(work)["ContainerNovaComputeImage"].endswith(":current-tripleo")
 
