@@ -53,3 +53,7 @@ class NotBuiltError(ApexError):
 
 class LabError(ApexError):
     """A lab stand-in could not be generated, started or stopped."""
+
+
+class BundleError(ApexError):
+    """A disconnected bundle cannot be written, read or verified."""
