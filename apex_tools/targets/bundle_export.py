@@ -19,8 +19,10 @@ from apex_tools.bundle.export import (
     DISK_IMAGE,
     WORK_FILE,
     FileItem,
+    ImageItem,
     bundle_ref,
     file_digest,
+    look_image,
     look_images,
     missing_blobs,
     plan_bundle,
@@ -33,6 +35,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import atomic_file, fingerprint, write_if_changed
 from apex_tools.core.workdir import (
     BUNDLE_EXPORT,
+    CONTAINERS_DIR,
     GERRIT_CACHE,
     IPA_TAR,
     LOOKUPS_CACHE,
@@ -45,7 +48,8 @@ from apex_tools.http.download import human_size
 from apex_tools.http.filecache import cached_validators
 from apex_tools.patching.gerrit import triplet
 from apex_tools.registry.clients import Clients
-from apex_tools.registry.deployment import deployment_images, naming_of
+from apex_tools.registry.deployment import Naming, deployment_images, naming_of
+from apex_tools.registry.rebuild import context_digest, find_rebuilds, key_tag
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,30 @@ def _patches(run: RunContext) -> tuple[list[dict[str, Any]], list[FileItem]]:
     return identities, files
 
 
+def _rebuilt(run: RunContext, items: list[ImageItem], clients: Clients, naming: Naming) -> list[ImageItem]:
+    """The rebuilt images the local registry holds for exactly these bases and patches.
+
+    A rebuild is named by its inputs (``apex-<hash>`` of the base digest and the build context),
+    so carrying it is safe: the importing side's push-registry finds its key tag and re-points
+    ``:apex`` at it, and only rebuilds what the bundle does not carry.
+    """
+    record = run.state.load(PATCH_CONTAINERS)
+    planned = record.data.get("rebuild") if record else None
+    local = clients(naming.local_registry)
+    if not planned or local.silence() is not None:
+        return []
+    digests = {i.ref: i.manifest.digest for i in items}
+    found = []
+    for rebuild in find_rebuilds(run.options.work_dir / CONTAINERS_DIR, local.host, planned):
+        base = digests.get(bundle_ref(rebuild.base))
+        if base is None:
+            continue
+        key = rebuild.target.with_tag(key_tag(base, context_digest(rebuild.context)))
+        if local.head_manifest(key.repository, key.reference) is not None:
+            found.append(look_image(local, key))
+    return found
+
+
 def _settings(run: RunContext) -> dict[str, Any]:
     """The resolved configuration, credentials left out."""
     data = run.options.model_dump(mode="json")
@@ -131,16 +159,17 @@ def bundle_export(run: RunContext, path: Path | None = None, tar: Path | None = 
             raise RegistryError(f"upstream registry {host} does not answer at /v2/ ({reason})",
                                 "bundle export runs on the connected side: check upstream.registry and the network")
     items = look_images([i.source for i in images], clients, options.jobs)
+    items += _rebuilt(run, items, clients, naming)
     identities, patch_files = _patches(run)
     base = read_document(since) if since is not None else None
     header = {"os_version": run.os_version, "settings": _settings(run), "patches": identities}
     plan = plan_bundle(items, _disk_images(run) + patch_files, clients, header, base)
     where = str(path if path is not None else tar)
     size = sum(s for _, s in plan.blobs)
-    summary = (f"{len(items)} images, {len(plan.document['files'])} files, {len(plan.blobs)} blobs "
+    summary = (f"{len(items)} images ({len(items) - len(images)} rebuilt), {len(plan.document['files'])} files, {len(plan.blobs)} blobs "
                f"({human_size(size)})" + (f"; {len(plan.document['base_contents'])} blobs left to the base "
                                           f"bundle {base[1]}" if base else ""))
-    rows = [Item(bundle_ref(i.source), "exported", i.manifest.digest) for i in items]
+    rows = [Item(i.ref, "in the bundle", i.manifest.digest) for i in items]
 
     if path is not None:
         todo = [(d, s) for d, s in plan.blobs if not DirWriter.present(path, d, s)]
