@@ -1,0 +1,71 @@
+"""The disconnected flow end to end on the lab: export on the connected side, then, inside a
+network namespace holding only its own loopback (``unshare -n``), import and ``deploy
+--offline`` up to ``ready``, with the same ``docker-images.yaml`` as the connected run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from apex_tools.lab.stand import lab_config_path, lab_down
+from apex_tools.registry.deployment import APEX_TAG
+
+from conftest import need
+from lab.lab_support import NOVA_IMAGES, apex, json_documents, lab_env, lab_options
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def in_namespace(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``apex ARGS`` in a new network namespace with only ``lo`` (up): no route anywhere else."""
+    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m",
+               "apex_tools", *args]
+    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc
+
+
+def test_export_then_import_and_deploy_offline_in_a_namespace_without_network(tmp_path: Path) -> None:
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("ip") is not None,
+         "root, unshare and ip (network namespaces)")
+    lab = str(lab_config_path())
+    online = lab_env(tmp_path / "online")
+    site = {**online, "APEX_WORK_DIR": str(tmp_path / "site" / "work"),
+            "APEX_IMAGE_DIR": str(tmp_path / "site" / "images")}
+    tar = tmp_path / "carry" / "lab-bundle.tar"
+    tar.parent.mkdir()
+    try:
+        # The connected side: what a deployment makes of the upstreams (no ceph-loop, no deploy
+        # needed), then the bundle, streamed into one tar; a second export writes nothing.
+        apex(["-f", lab, "lab", "up", "--quiet", "patch-containers", "push-registry",
+              "bundle", "export", "--tar", str(tar)], online, REPO)
+        again = apex(["-f", lab, "bundle", "export", "--tar", str(tar), "--json"], online, REPO)
+        rows = {r["target"]: r for r in json_documents(again.stdout)[0]}
+        assert rows["bundle-export"]["status"] == "up to date", rows
+    finally:
+        lab_down(lab_options(online))  # nothing of the connected side answers any more
+
+    try:
+        out = in_namespace(["-f", lab, "bundle", "import", "--tar", str(tar), "--json",
+                            "deploy", "--offline", "--json"], site)
+    finally:
+        lab_down(lab_options(site))  # the registry the import started in the namespace (by its pid)
+    docs = json_documents(out.stdout)
+    imported = docs[0][0]
+    assert imported["status"] == "changed", imported
+    rows = {r["target"]: r for r in docs[1]}
+    assert rows["deploy"]["status"] == "ready", rows
+    assert rows["fetch-images"]["status"] == "changed"  # unpacked from the imported, recorded tarballs
+    # The patched images came in the bundle under their rebuild key: re-pointed, built by nothing.
+    items = rows["push-registry"]["items"]
+    assert not [i for i in items if i["status"] == "rebuilt"], items
+    retagged = sorted(i["name"].rsplit("/", 1)[1] for i in items if i["status"] == "retagged")
+    assert retagged == sorted(f"centos-binary-{n}" for n in NOVA_IMAGES), items
+    online_work, site_work = Path(online["APEX_WORK_DIR"]), Path(site["APEX_WORK_DIR"])
+    assert (site_work / "docker-images.yaml").read_bytes() == (online_work / "docker-images.yaml").read_bytes()
+    assert f":{APEX_TAG}" in (site_work / "docker-images.yaml").read_text()
+    assert "--disable-container-prepare" in (site_work / "deploy_command").read_text()
