@@ -30,7 +30,7 @@ from apex_tools.registry.client import (
     Manifest,
     RegistryClient,
 )
-from conftest import serve_http
+from conftest import need, serve_http
 
 
 def digest_of(data: bytes) -> str:
@@ -353,3 +353,14 @@ def push_keystone_image(docker_client: Any, debian_image: Any, ref: str, site: s
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{ref}:current-tripleo",
                                network_mode="host", rm=True)
     engine_push(docker_client, ref, "current-tripleo")
+
+
+def unpack(registry: str, ref: str, where: Path) -> Path:
+    """``skopeo copy`` to an OCI layout and ``umoci unpack`` it (clients we did not write); the rootfs."""
+    need(subprocess.run(["sh", "-c", "command -v skopeo && command -v umoci"], capture_output=True).returncode == 0,
+         "skopeo and umoci (Debian packages)")
+    layout = where.parent / (where.name + "-oci")
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{registry}/{ref}",
+                    f"oci:{layout}:x"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:x", str(where)], check=True, capture_output=True)
+    return where / "rootfs"

@@ -1,4 +1,4 @@
-"""Image builders as small drivers: one ``Builder`` interface, a Docker SDK and a buildah driver."""
+"""Engine builders as small drivers: one ``Builder`` interface, a Docker SDK and a buildah driver."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from apex_tools.builders.base import Builder
 from apex_tools.core.errors import SettingsError
 
-__all__ = ["Builder", "get_builder"]
+__all__ = ["Builder", "get_builder", "BUILDERS", "ENGINES"]
+
+ENGINES = ("docker", "buildah")
+# ``native`` is not a Builder: it needs no engine (registry/native.py, chosen in registry/rebuild.py).
+BUILDERS = ("native", *ENGINES)
 
 
 def get_builder(name: str, insecure_registries: Sequence[str] = ()) -> Builder:
@@ -20,4 +24,4 @@ def get_builder(name: str, insecure_registries: Sequence[str] = ()) -> Builder:
         from apex_tools.builders.buildah import BuildahBuilder
 
         return BuildahBuilder(insecure_registries)
-    raise SettingsError(f"unknown builder {name!r}", "set builder to one of: buildah, docker")
+    raise SettingsError(f"unknown builder {name!r}", f"set builder to one of: {', '.join(sorted(BUILDERS))}")

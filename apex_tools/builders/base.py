@@ -12,6 +12,10 @@ from apex_tools.core.errors import BuildError
 LOG_TAIL = 25
 
 
+class EngineUnavailable(BuildError):
+    """The builder's engine cannot be reached or is not installed (only its images fail)."""
+
+
 class Builder(ABC):
     """Builds an image from a context folder and pushes it to a registry."""
 
@@ -22,8 +26,9 @@ class Builder(ABC):
         """Build ``context``'s Dockerfile tagged with every one of ``tags``; returns the image id."""
 
     @abstractmethod
-    def push(self, ref: str) -> None:
-        """Push the local image ``ref`` to its registry; raise on any error the tool reports."""
+    def push(self, ref: str) -> str:
+        """Push the local image ``ref`` to its registry; returns the pushed manifest's digest (as the
+        push reported it); raise on any error the tool reports."""
 
     @abstractmethod
     def remove(self, ref: str) -> None:

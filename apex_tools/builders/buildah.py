@@ -9,7 +9,7 @@ from typing import Any
 
 from apex_tools.core.errors import BuildError, RegistryError
 from apex_tools.core.reference import ImageRef
-from apex_tools.builders.base import Builder, build_failure
+from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class BuildahBuilder(Builder):
             try:
                 self._buildah = sh.Command("buildah").bake(_tty_out=False, _err_to_out=True, _truncate_exc=False)
             except sh.CommandNotFound:
-                raise BuildError("buildah is not installed", "apt-get install buildah, or set builder: docker") from None
+                raise EngineUnavailable("buildah is not installed",
+                                        "apt-get install buildah, or set builder_fallback: docker") from None
         return self._buildah
 
     def _tls(self, ref: str) -> str:
@@ -55,15 +56,21 @@ class BuildahBuilder(Builder):
         log.debug("built %s:\n%s", tags[0], output)
         return output.strip().splitlines()[-1] if output.strip() else ""
 
-    def push(self, ref: str) -> None:
+    def push(self, ref: str) -> str:
+        import tempfile
+
         import sh
 
-        try:
-            self.buildah("push", "--format", "v2s2", self._tls(ref), ref, f"docker://{ref}")
-        except sh.ErrorReturnCode as exc:
-            output = exc.stdout.decode(errors="replace").strip()
-            raise RegistryError(f"pushing {ref} failed (buildah exit {exc.exit_code}): {output}",
-                                "check that the registry answers and its TLS mode") from None
+        with tempfile.TemporaryDirectory(prefix="apex-buildah-") as tmp:
+            digestfile = Path(tmp) / "digest"
+            try:
+                self.buildah("push", "--format", "v2s2", "--digestfile", str(digestfile), self._tls(ref), ref,
+                             f"docker://{ref}")
+            except sh.ErrorReturnCode as exc:
+                output = exc.stdout.decode(errors="replace").strip()
+                raise RegistryError(f"pushing {ref} failed (buildah exit {exc.exit_code}): {output}",
+                                    "check that the registry answers and its TLS mode") from None
+            return digestfile.read_text().strip()
 
     def remove(self, ref: str) -> None:
         import sh

@@ -13,7 +13,7 @@ from typing import Any
 
 from apex_tools.core.errors import BuildError, RegistryError
 from apex_tools.core.reference import ImageRef
-from apex_tools.builders.base import Builder, build_failure
+from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class DockerBuilder(Builder):
                 self._client = docker.from_env(timeout=600)
                 self._client.ping()
             except Exception as exc:  # noqa: BLE001 - the SDK raises several unrelated types
-                raise BuildError(f"cannot reach the Docker engine: {exc}", "start dockerd, or set builder: buildah") from None
+                raise EngineUnavailable(f"cannot reach the Docker engine: {exc}",
+                                        "start dockerd (or set DOCKER_HOST), or set builder_fallback: buildah") from None
         return self._client
 
     def build(self, context: Path, tags: Sequence[str]) -> str:
@@ -75,19 +76,20 @@ class DockerBuilder(Builder):
             self.client.api.tag(image_id, repository, version)
         return image_id
 
-    def push(self, ref: str) -> None:
+    def push(self, ref: str) -> str:
         repository, tag = _split(ref)
         stream: Iterable[dict[str, Any]] = self.client.api.push(repository, tag, stream=True, decode=True)
-        pushed = False
+        pushed = ""
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
                 message = chunk.get("error") or chunk["errorDetail"].get("message", "")
                 raise RegistryError(f"pushing {ref} failed: {message}", "check that the registry answers and that "
                                     "the engine may use it (insecure-registries for plain HTTP)")
             if "aux" in chunk and chunk["aux"].get("Digest"):
-                pushed = True
+                pushed = chunk["aux"]["Digest"]
         if not pushed:
             raise RegistryError(f"pushing {ref} ended without a digest", "see the engine's log")
+        return pushed
 
     def remove(self, ref: str) -> None:
         import docker

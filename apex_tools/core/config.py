@@ -55,7 +55,10 @@ DEFAULTS: dict[str, Any] = {
     # push-registry: `tls`, `username`, `password` as for upstream; `start` runs Debian's
     # docker-registry (storage under the work dir) when the address is this machine's and silent.
     "registry": {"address": "", "insecure": True, "tls": "", "username": "", "password": "", "start": True},
-    "builder": "docker",
+    # native: patched images are made over the registry API (no engine); docker | buildah: by an engine.
+    # Images needing more than patches (an OpenDaylight reinstall) go to `builder_fallback`'s engine.
+    "builder": "native",
+    "builder_fallback": "docker",
     "jobs": 4,
     # Use cached artifacts only and never ask upstream (offline runs).
     "no_fetch": False,
@@ -276,7 +279,8 @@ class Options(_Strict):
     upstream: UpstreamOptions
     gerrit: GerritOptions
     registry: RegistryOptions
-    builder: Literal["docker", "buildah"]
+    builder: Literal["native", "docker", "buildah"]
+    builder_fallback: Literal["docker", "buildah"]
     jobs: int = Field(ge=1, le=64)
     no_fetch: bool
     offline: bool

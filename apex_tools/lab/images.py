@@ -13,22 +13,26 @@ import gzip
 import hashlib
 import io
 import json
+import posixpath
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from apex_tools.core.settings import short_name
-from apex_tools.lab.rootfs import Entry, base_entries, folder, text, with_parents
+from apex_tools.lab.rootfs import Entry, base_entries, folder, link, text, with_parents
 from apex_tools.patching.patches import ProjectTable
 from apex_tools.registry.client import DOCKER_MANIFEST, Manifest, RegistryClient, sha256_digest
 from apex_tools.registry.deployment import DeploymentImage
+from apex_tools.registry.native import push_blobs
 
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 CREATED = "2026-01-01T00:00:00Z"
 FIRST_UID = 42400  # kolla's service users start here
 # Bump when what the images hold changes, so a lab seeded before is seeded again.
-RECIPE = 2
+RECIPE = 3
+# Kolla installs python code in a virtualenv reached through a symbolic link (see venv_link).
+VENV = "var/lib/kolla/venv/lib"
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,26 @@ def module_of(project: str) -> str:
     return short_name(project).removeprefix("python-").replace("-", "_").replace(".", "_")
 
 
+def venv_link(install_dir: str) -> tuple[str, str]:
+    """Kolla's layout for a python install path: its ``pythonX.Y`` folder is a symbolic link into a
+    virtualenv (``usr/lib/python3.9 -> ../../var/lib/kolla/venv/lib/python3.9``); (link, link target).
+
+    So the lab's patches go through a symlinked parent folder, as they do in kolla's images.
+    """
+    folder = posixpath.dirname(install_dir.strip("/"))
+    real = posixpath.join(VENV, posixpath.basename(folder))
+    return folder, posixpath.relpath(real, posixpath.dirname(folder))
+
+
+def real_install_dir(install_dir: str) -> str:
+    """Where a python install path really is in the lab's images (behind ``venv_link``)."""
+    folder, target = venv_link(install_dir)
+    return posixpath.normpath(posixpath.join(posixpath.dirname(folder), target, posixpath.basename(install_dir)))
+
+
 def code_tree(project: str, install_dir: str, python: bool) -> list[Entry]:
     """The stand-in code of ``project`` where it is installed: a package with a ``version.py``."""
-    root = f"{install_dir.strip('/')}/{module_of(project)}" if python else install_dir.strip("/")
+    root = f"{real_install_dir(install_dir)}/{module_of(project)}" if python else install_dir.strip("/")
     name = short_name(project)
     return [
         folder(root),
@@ -118,15 +139,18 @@ def seed_images(images: Sequence[DeploymentImage], projects: Callable[[str], tup
                 table: ProjectTable, os_version: str, python_path: str = "") -> list[SeedImage]:
     """The images to push for ``images`` (``projects(name)``: the python projects an image carries)."""
     users = sorted({user_of(i) for i in images} - {"root"})
-    base = layer_of(with_parents(base_entries({u: FIRST_UID + n for n, u in enumerate(users)})))
+    where = {p: table.locate(p, os_version, python_path) for i in images for p in projects(i.name)}
+    links = sorted({venv_link(w.path) for w in where.values() if w.python})
+    base = layer_of(with_parents(base_entries({u: FIRST_UID + n for n, u in enumerate(users)})
+                                 + [link(path, target) for path, target in links]))
     project_layers: dict[str, Layer] = {}
     out = []
     for image in images:
         layers = [base]
         for project in projects(image.name):
             if project not in project_layers:
-                where = table.locate(project, os_version, python_path)
-                project_layers[project] = layer_of(with_parents(code_tree(project, where.path, where.python)))
+                project_layers[project] = layer_of(with_parents(code_tree(project, where[project].path,
+                                                                          where[project].python)))
             layers.append(project_layers[project])
         layers.append(layer_of(with_parents([text("etc/apex-lab/image", f"{image.source}\n")])))
         user = user_of(image)
@@ -164,17 +188,7 @@ def push_seeds(client: RegistryClient, seeds: Sequence[SeedImage]) -> int:
         head = client.head_manifest(seed.repository, seed.tag)
         if head is not None and head[0] == manifest.digest:
             continue
-        blobs = [(seed.config, sha256_digest(seed.config))] + [(layer.blob, layer.digest) for layer in seed.layers]
-        for blob, digest in blobs:
-            if client.has_blob(seed.repository, digest) is None:
-                location = None
-                if digest in holder:
-                    location = client.mount_blob(seed.repository, digest, holder[digest])
-                    if location is None:
-                        holder.setdefault(digest, seed.repository)
-                        continue
-                client.upload_blob(seed.repository, digest, blob, len(blob), location=location)
-            holder.setdefault(digest, seed.repository)
+        push_blobs(client, seed.repository, [seed.config] + [layer.blob for layer in seed.layers], holder)
         client.put_manifest(seed.repository, seed.tag, manifest)
         pushed += 1
     return pushed

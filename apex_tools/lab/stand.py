@@ -144,6 +144,17 @@ def _registry_stand_in(name: str, address: str, root: Path) -> tuple[StandIn, Re
     return StandIn(name, address, "running", f"pid {started.pid}"), client
 
 
+def lab_seeds(run: RunContext) -> list[images.SeedImage]:
+    """The lab's upstream images for the run's deployment (generated, not pushed)."""
+    catalog = load_catalog(run.os_version)
+    selected = deployment_images(catalog, run.deploy_settings, naming_of(run))
+
+    def projects(name: str) -> tuple[str, ...]:
+        return catalog.images[name].projects if name in catalog.images else ()
+
+    return images.seed_images(selected, projects, load_projects(), run.os_version, run.options.patching.python_path)
+
+
 def _seed(run: RunContext, client: RegistryClient) -> StandIn:
     """Push the deployment's images to the upstream registry unless the same set is there."""
     catalog = load_catalog(run.os_version)
@@ -163,11 +174,7 @@ def _seed(run: RunContext, client: RegistryClient) -> StandIn:
         recorded = None
     if recorded == key:
         return StandIn("upstream images", client.host, "current", f"{len(selected)} image(s)")
-
-    def projects(name: str) -> tuple[str, ...]:
-        return catalog.images[name].projects if name in catalog.images else ()
-
-    seeds = images.seed_images(selected, projects, load_projects(), run.os_version, run.options.patching.python_path)
+    seeds = lab_seeds(run)
     pushed = images.push_seeds(client, seeds)
     atomic_write(record, json.dumps(key, indent=1, sort_keys=True) + "\n")
     return StandIn("upstream images", client.host, "seeded", f"{pushed} of {len(seeds)} image(s) pushed")

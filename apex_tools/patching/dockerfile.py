@@ -33,12 +33,22 @@ def _render(template: str, **values: object) -> str:
     return render("dockerfiles", template, trim=True, **values)
 
 
-def render_dockerfile(base: str, user: str, patches: list[ImagePatch], odl_release: str = "") -> str:
-    """The Dockerfile rebuilding ``base`` with ``patches`` (and another OpenDaylight release)."""
-    labels = [(f"{LABEL_PREFIX}.patched-by", "apex-tools patch-containers"), (f"{LABEL_PREFIX}.base", base)]
+def image_labels(source: str, patches: list[ImagePatch], odl_release: str = "") -> list[tuple[str, str]]:
+    """The labels a rebuilt image gets (every builder): who patched it, its upstream ``source``, each patch.
+
+    The base is named by its upstream reference, not the local registry's address, so the same
+    base and patches give the same image whatever registry it is rebuilt in.
+    """
+    labels = [(f"{LABEL_PREFIX}.patched-by", "apex-tools patch-containers"), (f"{LABEL_PREFIX}.base", source)]
     labels += [(f"{LABEL_PREFIX}.patch.{n:02d}", p.label) for n, p in enumerate(patches, 1)]
     if odl_release:
         labels.append((f"{LABEL_PREFIX}.opendaylight", odl_release))
+    return labels
+
+
+def render_dockerfile(base: str, user: str, patches: list[ImagePatch], labels: list[tuple[str, str]],
+                      odl_release: str = "") -> str:
+    """The Dockerfile rebuilding ``base`` with ``patches`` (and another OpenDaylight release)."""
     template = "opendaylight.Dockerfile.j2" if odl_release else "Dockerfile.j2"
     return _render(template, base=base, user=user or "root", patches=patches, labels=labels)
 

@@ -29,7 +29,7 @@ class ImageInfo:
 Inspector = Callable[[ImageRef], "ImageInfo | None"]
 
 
-def _platform_entry(children: list[dict]) -> dict | None:
+def platform_entry(children: list[dict]) -> dict | None:
     for child in children:
         platform = child.get("platform", {})
         if platform.get("architecture") == "amd64" and platform.get("os", "linux") == "linux":
@@ -42,7 +42,7 @@ def inspect_image(client: RegistryClient, ref: ImageRef) -> ImageInfo | None:
     try:
         manifest = client.get_manifest(ref.repository, ref.reference)
         if manifest.is_index:
-            child = _platform_entry(manifest.children())
+            child = platform_entry(manifest.children())
             if child is None:
                 return None
             manifest = client.get_manifest(ref.repository, child["digest"])

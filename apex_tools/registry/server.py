@@ -130,12 +130,14 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
     where["storage"].mkdir(parents=True, exist_ok=True)
     write_if_changed(where["config"], render_config(address, where["storage"]))
     own = own_container()
-    if own is not None:
+    if own is not None and _engine_answers():
         proc: subprocess.Popen[bytes] | _Beside = _Beside(own, binary, where, address)
     else:
         if os.environ.get(IN_IMAGE_ENV) == "1":
-            log.warning("in the tool's image, but not in a Docker container apex can name: the local registry "
-                        "stops with this container")
+            # No socket mounted (the native builder needs none): fine for a run that ends with
+            # its registry, as `docker run apex-tools deploy --lab` does.
+            log.warning("in the tool's image with no Docker engine to start it beside (or no container apex can "
+                        "name): the local registry runs in this container and stops with it")
         with open(where["log"], "ab") as logfile:
             proc = subprocess.Popen(
                 [binary, "serve", str(where["config"])], stdin=subprocess.DEVNULL, stdout=logfile,
@@ -173,6 +175,17 @@ def own_container() -> str | None:
         return None
     found = re.search(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf) ", mounts)
     return found.group(1) if found else None
+
+
+def _engine_answers() -> bool:
+    """True when a Docker engine answers (DOCKER_HOST or the default socket)."""
+    import docker
+
+    try:
+        docker.from_env(timeout=5).ping()
+    except docker.errors.DockerException:
+        return False
+    return True
 
 
 class _Beside:

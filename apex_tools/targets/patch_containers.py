@@ -8,8 +8,9 @@ Outputs under ``work_dir``:
   manifest.json: a list, in order, of {project, change_id, revision, file, target_dir, strip}
 
 State data (``run.state.load("patch-containers").data``):
-  rebuild    {image: {dockerfile, context, from, upstream, user, opendaylight, patches: [
-                 {project, change_id, revision, file, target_dir}]}}  (images with a Dockerfile)
+  rebuild    {image: {dockerfile, context, from, upstream, user, opendaylight, engine_only, labels: [[k, v]],
+                 patches: [{project, change_id, revision, file, target_dir, strip, label}]}}
+             (images with a Dockerfile; push-registry's native builder works from this, not the Dockerfile)
   missing_upstream  {image: upstream ref}  images that should be rebuilt but are not upstream
   disk_image {overcloud: [manifest entries], undercloud: [...]}
   patches    [{side, project, change_id, branch, revision, status, parts: [{destination,
@@ -39,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from apex_tools.catalog.images import Catalog, load_catalog
-from apex_tools.patching.dockerfile import ImagePatch, render_dockerfile, render_odl_repo
+from apex_tools.patching.dockerfile import ImagePatch, image_labels, render_dockerfile, render_odl_repo
 from apex_tools.http.download import join_url
 from apex_tools.core.config import settings_path
 from apex_tools.core.errors import GerritError, RegistryError, SettingsError
@@ -349,8 +350,9 @@ class Planner:
                                           Path(req.path).name if req.path else ""))
             base = str(self.images[image].target)
             image_odl = odl if image == "opendaylight" else ""
+            labels = image_labels(str(upstream), patches, image_odl)
             plan.files[f"containers/{image}/Dockerfile"] = render_dockerfile(
-                base, info.user, patches, image_odl).encode()
+                base, info.user, patches, labels, image_odl).encode()
             if image_odl:
                 url = self.opts.patching.odl_repo_url.replace("{release}", image_odl)
                 plan.files[f"containers/{image}/opendaylight.repo"] = render_odl_repo(image_odl, url).encode()
@@ -363,7 +365,11 @@ class Planner:
                 "user": info.user,
                 "opendaylight": image_odl,
                 "patches": [{"project": p.project, "change_id": p.change_id or p.source, "revision": p.revision,
-                             "file": p.file, "target_dir": p.target_dir} for p in patches],
+                             "file": p.file, "target_dir": p.target_dir, "strip": p.strip, "label": p.label}
+                            for p in patches],
+                "labels": [list(label) for label in labels],
+                # Why only an engine can rebuild it ("" = patches only: the native builder can).
+                "engine_only": f"reinstalls OpenDaylight {image_odl} with yum" if image_odl else "",
             }
             what = [p.label for p in patches] + ([f"OpenDaylight {image_odl}"] if image_odl else [])
             plan.items.append(Item(image, "to rebuild", "; ".join(what)))

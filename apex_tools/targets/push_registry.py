@@ -32,10 +32,14 @@ from apex_tools.registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResul
 from apex_tools.registry.rebuild import (
     BUILD,
     CURRENT,
+    RETAG,
     SKIP,
     Rebuild,
     RebuildAction,
+    RebuildReport,
     apply_rebuilds,
+    builder_for,
+    describe_builder,
     find_rebuilds,
     plan_rebuilds,
 )
@@ -172,8 +176,10 @@ def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tup
     rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
                              planned if isinstance(planned, dict) else None)
     bases = _BaseDigests(heads, local, registry_action is None)
-    actions = plan_rebuilds(rebuilds, local, bases) if registry_action is None else [
-        RebuildAction(r, BUILD, reason="the local registry is not running yet") for r in rebuilds]
+    actions = plan_rebuilds(rebuilds, local, bases, options.builder, options.builder_fallback) \
+        if registry_action is None else [
+            RebuildAction(r, BUILD, reason="the local registry is not running yet",
+                          builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
     insecure = named if options.registry.tls_mode != "verify" else None
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
                    _fingerprint(heads, actions, insecure, named), named)
@@ -190,7 +196,7 @@ def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
     if check.to_copy:
         plan.append(f"mirror {len(check.to_copy)} of {len(check.images)} images to {local} "
                     "(not there, or upstream moved)")
-    plan += [f"{a.action} {a.rebuild.target}: {a.reason}" for a in check.actions if a.action != CURRENT]
+    plan += [f"{a.action} {a.rebuild.target} ({describe_builder(a)}): {a.reason}" for a in check.actions if a.action != CURRENT]
     plan.append(f"write {', '.join(p.name for p in outputs)}")
     return plan
 
@@ -241,17 +247,26 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     if check.registry_action is not None:
         # Only now can the rebuilds be looked up; the fingerprint follows their keys.
         bases.answering = True
-        actions = plan_rebuilds(check.rebuilds, local, bases)
+        actions = plan_rebuilds(check.rebuilds, local, bases, options.builder, options.builder_fallback)
         fp = _fingerprint(check.heads, actions, check.insecure, check.named)
-    done = apply_rebuilds(actions, _builder(options, check.insecure and local.host), local) if actions else []
+    engines = _Engines(options, check.insecure and local.host)
+    report = apply_rebuilds(actions, local, engines) if actions else RebuildReport()
+    done = {a.rebuild.image: a for a in report.done}
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
-        elif action in done:
+        elif action.rebuild.image in done:
             verb = "rebuilt" if action.action == BUILD else "retagged"
             items.append(Item(action.rebuild.target.repository, verb,
-                              f"{action.rebuild.target} = {action.key.tag if action.key else ''}"))
-            changes.append(f"{verb} {action.rebuild.target}")
+                              f"{action.rebuild.target} = {action.key.tag if action.key else ''} ({action.builder})"))
+            changes.append(f"{verb} {action.rebuild.target}" + (f" with {action.builder}" if verb == "rebuilt" else ""))
+    if report.layers_read:
+        changes.append(f"native builds read {report.layers_read} layers ({report.bytes_read} bytes), "
+                       f"uploaded {report.uploads} blobs")
+    if report.failed:
+        items += [Item(a.rebuild.target.repository, FAILED, why) for a, why in report.failed]
+        changes.append(f"{len(report.failed)} images failed to rebuild; no parameter file written")
+        return TargetResult(TARGET, Status.FAILED, changes, items)
     rebuilt = {a.rebuild.image for a in actions if a.action != SKIP}
 
     refs = parameter_refs(check.images, rebuilt)
@@ -266,6 +281,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         "registry": check.named,
         "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},
         "rebuilt": sorted(rebuilt),
+        "rebuilds": _rebuild_records(run, actions, done, check.named),
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
 
@@ -295,10 +311,53 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
         return Mirror(clients, run.options.jobs, on_bytes=on_bytes, on_image=on_image).copy_all(jobs)
 
 
-def _builder(options: Options, insecure: str | None) -> Builder:
-    from apex_tools.builders import get_builder
+class _Engines:
+    """Engine builders by name, made on first use (a native-only run never contacts an engine)."""
 
-    return get_builder(options.builder, [insecure] if insecure else [])
+    def __init__(self, options: Options, insecure: str | None) -> None:
+        self.insecure = [insecure] if insecure else []
+        self.made: dict[str, Builder] = {}
+
+    def __call__(self, name: str) -> Builder:
+        if name not in self.made:
+            from apex_tools.builders import get_builder
+
+            self.made[name] = get_builder(name, self.insecure)
+        return self.made[name]
+
+
+def _rebuild_records(run: RunContext, actions: list[RebuildAction], done: dict[str, RebuildAction],
+                     named: str) -> dict[str, dict[str, object]]:
+    """Per rebuilt image: the ``:apex`` digest (from the push), key tag, base and its digest, builder, patches.
+
+    An image already up to date keeps what the last record said of it when the key is the same.
+    """
+    before = run.state.load(TARGET)
+    previous = (before.data.get("rebuilds") or {}) if before is not None else {}
+    records: dict[str, dict[str, object]] = {}
+    for action in actions:
+        if action.action == SKIP or action.key is None:
+            continue
+        image = action.rebuild.image
+        key = str(action.key.with_registry(named))
+        last = previous.get(image) if isinstance(previous.get(image), dict) else None
+        now = done.get(image, action)
+        status = {BUILD: "rebuilt", RETAG: "retagged"}.get(now.action, "up to date")
+        builder = action.builder
+        if now.action != BUILD and last is not None and last.get("key") == key:
+            builder = str(last.get("builder", builder))
+        records[image] = {
+            "ref": str(action.rebuild.target.with_registry(named)),
+            "digest": now.digest,
+            "key": key,
+            "base": str(action.rebuild.base.with_registry(named)),
+            "source": action.rebuild.source,
+            "base_digest": action.base_digest,
+            "builder": builder,
+            "status": status,
+            "patches": [dict(p) for p in action.rebuild.patches],
+        }
+    return records
 
 
 def _check_present(refs: dict[str, ImageRef], clients: Clients) -> None:

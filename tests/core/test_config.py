@@ -33,7 +33,7 @@ def test_defaults_match_the_documented_keys():
     assert (opts.upstream.registry, opts.upstream.namespace) == ("docker.io", "tripleo{os_version}")
     assert (opts.upstream.name_prefix, opts.upstream.tag) == ("centos-binary-", "current-tripleo")
     assert opts.gerrit.url == "https://review.opendev.org"
-    assert opts.registry.address == "" and opts.builder == "docker"
+    assert opts.registry.address == "" and (opts.builder, opts.builder_fallback) == ("native", "docker")
     assert set(effective.sources.values()) == {"default"}
 
 
@@ -70,7 +70,7 @@ def test_env_booleans(env, expected):
 BAD = [
     ("unknown-top-key", "buidler: docker\n", {}, ["runtime file", "buidler: unknown key (allowed:", "builder"]),
     ("unknown-section-key", "registry:\n  adress: x\n", {}, ["registry.adress: unknown key (allowed: registry.address, registry.insecure"]),
-    ("bad-builder", "builder: podman\n", {}, ["builder: 'podman':", "'docker' or 'buildah'"]),
+    ("bad-builder", "builder: podman\n", {}, ["builder: 'podman':", "'native', 'docker' or 'buildah'"]),
     ("jobs-zero", "jobs: 0\n", {}, ["jobs: 0:", "greater than or equal to 1"]),
     ("env-bad-bool", "", {"APEX_REGISTRY_INSECURE": "perhaps"}, ["environment APEX_REGISTRY_INSECURE: registry.insecure: 'perhaps' is not a boolean"]),
     ("env-bad-int", "", {"APEX_JOBS": "many"}, ["environment APEX_JOBS: jobs: 'many' is not a number"]),
