@@ -49,7 +49,7 @@ from apex_tools.http.filecache import cached_validators
 from apex_tools.patching.gerrit import triplet
 from apex_tools.registry.clients import Clients
 from apex_tools.registry.deployment import Naming, deployment_images, naming_of
-from apex_tools.registry.rebuild import context_digest, find_rebuilds, key_tag
+from apex_tools.registry.rebuild import CURRENT, NATIVE, RETAG, find_rebuilds, plan_rebuilds
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,12 @@ def _patches(run: RunContext) -> tuple[list[dict[str, Any]], list[FileItem]]:
 
 
 def _rebuilt(run: RunContext, items: list[ImageItem], clients: Clients, naming: Naming) -> list[ImageItem]:
-    """The rebuilt images the local registry holds for exactly these bases and patches.
+    """The engine-built rebuilds the local registry holds for exactly these bases and patches.
 
-    A rebuild is named by its inputs (``apex-<hash>`` of the base digest and the build context),
-    so carrying it is safe: the importing side's push-registry finds its key tag and re-points
-    ``:apex`` at it, and only rebuilds what the bundle does not carry.
+    The native builder re-makes its images offline (no engine, no network, same digests), so
+    they are not carried. An engine build (an OpenDaylight reinstall) needs a package mirror,
+    so it rides along under its key tag (named by its inputs: the base digest and the build
+    context); the importing side's push-registry finds it and re-points ``:apex`` at it.
     """
     record = run.state.load(PATCH_CONTAINERS)
     planned = record.data.get("rebuild") if record else None
@@ -125,15 +126,11 @@ def _rebuilt(run: RunContext, items: list[ImageItem], clients: Clients, naming: 
     if not planned or local.silence() is not None:
         return []
     digests = {i.ref: i.manifest.digest for i in items}
-    found = []
-    for rebuild in find_rebuilds(run.options.work_dir / CONTAINERS_DIR, local.host, planned):
-        base = digests.get(bundle_ref(rebuild.base))
-        if base is None:
-            continue
-        key = rebuild.target.with_tag(key_tag(base, context_digest(rebuild.context)))
-        if local.head_manifest(key.repository, key.reference) is not None:
-            found.append(look_image(local, key))
-    return found
+    rebuilds = find_rebuilds(run.options.work_dir / CONTAINERS_DIR, local.host, planned)
+    actions = plan_rebuilds(rebuilds, local, lambda ref: digests.get(bundle_ref(ref)), run.options.builder,
+                            run.options.builder_fallback)
+    return [look_image(local, a.key) for a in actions
+            if a.builder != NATIVE and a.key is not None and a.action in (RETAG, CURRENT)]
 
 
 def _settings(run: RunContext) -> dict[str, Any]:

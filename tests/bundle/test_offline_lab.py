@@ -4,6 +4,7 @@ network namespace holding only its own loopback (``unshare -n``), import and ``d
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,14 @@ def in_namespace(args: list[str], env: dict[str, str]) -> subprocess.CompletedPr
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return proc
+
+
+def apex_digests(env: dict[str, str]) -> dict[str, str]:
+    """Each rebuilt image's ``:apex`` digest as push-registry recorded it."""
+    record = json.loads((Path(env["APEX_WORK_DIR"]) / "state" / "push-registry.json").read_text())
+    digests = {image: entry["digest"] for image, entry in record["data"]["rebuilds"].items()}
+    assert len(digests) == len(NOVA_IMAGES) and all(d.startswith("sha256:") for d in digests.values()), digests
+    return digests
 
 
 def test_export_then_import_and_deploy_offline_in_a_namespace_without_network(tmp_path: Path) -> None:
@@ -60,11 +69,13 @@ def test_export_then_import_and_deploy_offline_in_a_namespace_without_network(tm
     rows = {r["target"]: r for r in docs[1]}
     assert rows["deploy"]["status"] == "ready", rows
     assert rows["fetch-images"]["status"] == "changed"  # unpacked from the imported, recorded tarballs
-    # The patched images came in the bundle under their rebuild key: re-pointed, built by nothing.
+    # The patched images were rebuilt in the namespace by the native builder (no engine, no
+    # network), to the very digests the connected side made.
     items = rows["push-registry"]["items"]
-    assert not [i for i in items if i["status"] == "rebuilt"], items
-    retagged = sorted(i["name"].rsplit("/", 1)[1] for i in items if i["status"] == "retagged")
-    assert retagged == sorted(f"centos-binary-{n}" for n in NOVA_IMAGES), items
+    rebuilt = sorted(i["name"].rsplit("/", 1)[1] for i in items if i["status"] == "rebuilt")
+    assert rebuilt == sorted(f"centos-binary-{n}" for n in NOVA_IMAGES), items
+    assert all("(native)" in i["detail"] for i in items if i["status"] == "rebuilt"), items
+    assert apex_digests(site) == apex_digests(online)
     online_work, site_work = Path(online["APEX_WORK_DIR"]), Path(site["APEX_WORK_DIR"])
     assert (site_work / "docker-images.yaml").read_bytes() == (online_work / "docker-images.yaml").read_bytes()
     assert f":{APEX_TAG}" in (site_work / "docker-images.yaml").read_text()
