@@ -91,7 +91,7 @@ def skopeo_path(src: str, dst: str, repos: list[str], folder: Path) -> tuple[flo
     spec = folder.with_suffix(".yaml")
     spec.write_text(json.dumps({src: {"tls-verify": False, "images": {r: [pr.TAG] for r in repos}}}))
     started = time.perf_counter()
-    subprocess.run(["skopeo", "sync", "--src", "yaml", "--dest", "dir", str(spec), str(folder)], check=True,
+    subprocess.run(["skopeo", "sync", "--scoped", "--src", "yaml", "--dest", "dir", str(spec), str(folder)], check=True,
                    capture_output=True)
     synced = time.perf_counter() - started
     started = time.perf_counter()

@@ -19,6 +19,7 @@ A tar holds the same files in an order a reader can stream: ``oci-layout``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -235,16 +236,23 @@ class DirReader:
         except OSError as exc:
             raise BundleError(f"{self.root}: cannot read {name}: {exc.strerror}", "copy the bundle again") from None
 
+    parallel = True
+
+    @contextlib.contextmanager
+    def entry(self, digest: str, size: int) -> Iterator[Entry]:
+        """One blob, opened (random access: blobs may be read in parallel)."""
+        try:
+            handle = (self.root / blob_name(digest)).open("rb")
+        except FileNotFoundError:
+            yield Entry(digest, size, None)
+            return
+        with handle:
+            yield Entry(digest, size, handle)
+
     def entries(self, wanted: list[tuple[str, int]]) -> Iterator[Entry]:
         for digest, size in wanted:
-            path = self.root / blob_name(digest)
-            try:
-                handle = path.open("rb")
-            except FileNotFoundError:
-                yield Entry(digest, size, None)
-                continue
-            with handle:
-                yield Entry(digest, size, handle)
+            with self.entry(digest, size) as entry:
+                yield entry
 
     def close(self) -> None:
         pass
@@ -252,6 +260,8 @@ class DirReader:
 
 class TarReader:
     """A bundle tar read as a stream, front to back, never unpacked: the small files first."""
+
+    parallel = False
 
     def __init__(self, path: Path) -> None:
         self.where = str(path)
@@ -261,7 +271,8 @@ class TarReader:
         except OSError as exc:
             raise BundleError(f"{path}: {exc.strerror}", "give the tar `apex bundle export --tar` wrote") from None
         try:
-            self.tar = tarfile.open(fileobj=self._file, mode="r|")
+            # Read in order, member by member, straight from the file (no stream buffer copies).
+            self.tar = tarfile.open(fileobj=self._file, mode="r:")
             heads = {}
             for name in (LAYOUT_FILE, BUNDLE_FILE, INDEX_FILE):
                 member = self.tar.next()

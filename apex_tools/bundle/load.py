@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from apex_tools.bundle.export import DISK_IMAGE
 from apex_tools.bundle.layout import (
     DirReader,
+    Entry,
     HashingReader,
     IntegrityError,
     TarReader,
@@ -114,8 +116,10 @@ class Loaded:
 
 
 def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: RegistryClient,
-                dest_of: Callable[[dict[str, Any]], Path], on_bytes: Callable[[int], None] | None = None) -> list[Loaded]:
-    """Stream the needed blobs in the bundle's order into their places, then PUT the manifests."""
+                dest_of: Callable[[dict[str, Any]], Path], on_bytes: Callable[[int], None] | None = None,
+                jobs: int = 4) -> list[Loaded]:
+    """Stream the needed blobs into their places (a folder's in parallel, a tar's in its order),
+    then mount each image's blobs and PUT its manifests."""
     files_by_digest: dict[str, list[dict[str, Any]]] = {}
     for entry in plan.files:
         files_by_digest.setdefault(entry["digest"], []).append(entry)
@@ -125,8 +129,9 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
             users.setdefault(digest, []).append(image["ref"])
     manifests: dict[str, bytes] = {}
     broken: dict[str, ApexError] = {}  # blob digest -> why it could not be used
+    lock = threading.Lock()
 
-    for entry in reader.entries(plan.needed):
+    def take(entry: Entry) -> None:
         digest, size = entry.digest, entry.size
         what = _what(digest, users, files_by_digest)
         try:
@@ -141,14 +146,28 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
                 body = HashingReader(entry.stream, size)
                 data = body.read()
                 body.verify(what, digest)
-                manifests[digest] = data
+                with lock:
+                    manifests[digest] = data
         except ApexError as exc:
             log.error("%s", exc.message)
-            broken[digest] = exc
+            with lock:
+                broken[digest] = exc
         if on_bytes:
-            on_bytes(size)
+            with lock:
+                on_bytes(size)
 
-    results = [_finish_image(image, local, plan, manifests, broken) for image in plan.images]
+    def take_blob(blob: tuple[str, int]) -> None:
+        assert isinstance(reader, DirReader)
+        with reader.entry(*blob) as entry:
+            take(entry)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs * 2), thread_name_prefix="import") as pool:
+        if reader.parallel:  # a folder: blobs in parallel, largest first
+            list(pool.map(take_blob, sorted(plan.needed, key=lambda b: -b[1])))
+        else:  # a tar: in its order, as it streams
+            for entry in reader.entries(plan.needed):
+                take(entry)
+        results = list(pool.map(lambda image: _finish_image(image, local, plan, manifests, broken), plan.images))
     for entry in plan.files:
         error = broken.get(entry["digest"])
         results.append(Loaded(entry["path"], FAILED if error else LOADED,

@@ -89,7 +89,7 @@ def bundle_import(run: RunContext, path: Path | None = None, tar: Path | None = 
         if run.dry_run:
             return TargetResult(TARGET, Status.PLANNED, lines)
         with run.progress(f"importing {reader.where}", size) as progress:
-            results = load_bundle(reader, plan, local, dest_of, progress.advance)
+            results = load_bundle(reader, plan, local, dest_of, progress.advance, options.jobs)
     finally:
         reader.close()
     changes = ([f"started the local registry on {address} (pid {started.pid})"] if started and started.started
