@@ -76,6 +76,13 @@ def do_import(bundle: Path, local: RegistryClient, dest: Path, tar: bool = False
         reader.close()
 
 
+def assert_imported(local: RegistryClient, digests: dict[str, str]) -> None:
+    """Every image is in ``local`` under its tag, at upstream's digest."""
+    for ref, digest in digests.items():
+        repo, tag = ref.rsplit(":", 1)
+        assert (local.head_manifest(repo, tag) or ("absent",))[0] == digest, ref
+
+
 @pytest.fixture
 def two(registry_factory: Callable[..., Any]) -> tuple[RegistryClient, RegistryClient]:
     return (RegistryClient(registry_factory("up").address, "http"), RegistryClient(registry_factory("local").address,
@@ -105,9 +112,7 @@ def test_folder_round_trip_keeps_every_digest_and_stores_each_blob_once(two, tmp
     dest = tmp_path / "cache"
     import_plan, results = do_import(bundle, local, dest)
     assert {r.status for r in results} == {LOADED}, results
-    for ref, digest in digests.items():
-        repo, tag = ref.rsplit(":", 1)
-        assert local.head_manifest(repo, tag)[0] == digest
+    assert_imported(local, digests)
     assert (dest / "overcloud-full.tar").read_bytes() == disk.source.read_bytes()
     cached = cached_validators(dest / "overcloud-full.tar")  # as fetch-images leaves it: --no-fetch uses it
     assert cached is not None and cached.etag == '"e1"' and cached.digests["sha256"] == disk.digest[7:]
@@ -147,9 +152,7 @@ def test_tar_is_streamed_and_imports_the_same(two, tmp_path: Path) -> None:
     assert read_document(tar)[1] == plan.id
     _, results = do_import(tar, local, tmp_path / "cache", tar=True)
     assert [r for r in results if r.status != LOADED] == []
-    for ref, digest in digests.items():
-        repo, tag = ref.rsplit(":", 1)
-        assert local.head_manifest(repo, tag)[0] == digest
+    assert_imported(local, digests)
 
 
 def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_of_it(two, tmp_path: Path) -> None:
@@ -204,9 +207,7 @@ def test_an_interrupted_export_and_import_resume_by_digest(two, tmp_path: Path) 
     resumed, results = do_import(bundle, local, tmp_path / "cache")
     assert 0 < len(resumed.needed) < len(plan.blobs)
     assert {r.status for r in results} == {LOADED}
-    for ref, digest in digests.items():
-        repo, tag = ref.rsplit(":", 1)
-        assert local.head_manifest(repo, tag)[0] == digest
+    assert_imported(local, digests)
 
 
 def test_incremental_and_differential_exports_carry_only_new_blobs(two, tmp_path: Path) -> None:
@@ -240,3 +241,30 @@ def test_incremental_and_differential_exports_carry_only_new_blobs(two, tmp_path
     assert {r.status for r in results} == {LOADED}
     assert local.head_manifest("tripleo/nova-compute", "current")[0] == up.head_manifest("tripleo/nova-compute",
                                                                                           "current")[0]
+
+
+def test_export_carries_each_gerrit_patch_with_its_identity_and_the_cache_that_answers_it(tmp_path: Path) -> None:
+    from apex_tools.core.config import Layer, resolve
+    from apex_tools.core.errors import BundleError
+    from apex_tools.core.run import RunContext
+    from apex_tools.targets.bundle_export import _patches
+
+    work = tmp_path / "work"
+    run = RunContext(resolve([Layer("test", {"work_dir": str(work), "image_dir": str(tmp_path / "img")})]).options)
+    nova = {"side": "overcloud", "project": "openstack/nova", "change_id": "I0123", "branch": "stable/queens",
+            "revision": "4f2c", "status": "NEW"}
+    local = {"side": "overcloud", "project": "openstack/puppet-tripleo", "change_id": "/p/x.patch", "branch": "",
+             "revision": "sha256:0011", "status": "LOCAL"}
+    run.state.save("patch-containers", "sha256:fp", data={"patches": [{**nova, "parts": []}, {**local, "parts": []}]})
+    wanted = ["cache/gerrit/changes/openstack%2Fnova~stable%2Fqueens~I0123.json", "cache/gerrit/patches/4f2c.patch"]
+    for rel in wanted[:1]:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_text("{}")
+    with pytest.raises(BundleError, match="4f2c.patch"):
+        _patches(run)  # a cache without the patch text cannot be carried
+    (work / wanted[1]).parent.mkdir(parents=True)
+    (work / wanted[1]).write_text("--- a\n+++ b\n")
+    identities, files = _patches(run)
+    assert identities == [nova, local]  # identity of every patch, local ones by their sha256
+    assert sorted(f.path for f in files) == wanted
+    assert all(f.digest == file_digest(work / f.path) for f in files)

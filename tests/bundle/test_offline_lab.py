@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from apex_tools.lab.stand import lab_config_path, lab_down
@@ -20,13 +21,13 @@ from lab.lab_support import NOVA_IMAGES, apex, json_documents, lab_env, lab_opti
 REPO = Path(__file__).resolve().parents[2]
 
 
-def in_namespace(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def in_namespace(args: list[str], env: dict[str, str], code: int = 0) -> subprocess.CompletedProcess[str]:
     """``apex ARGS`` in a new network namespace with only ``lo`` (up): no route anywhere else."""
     command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m",
                "apex_tools", *args]
     proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
                           stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == code, (proc.stdout + proc.stderr)[-6000:]
     return proc
 
 
@@ -57,6 +58,18 @@ def test_export_then_import_and_deploy_offline_in_a_namespace_without_network(tm
         assert rows["bundle-export"]["status"] == "up to date", rows
     finally:
         lab_down(lab_options(online))  # nothing of the connected side answers any more
+
+    # Before the import, offline targets name what is missing at once (never wait on a host).
+    try:
+        started = time.monotonic()
+        fetch = in_namespace(["-f", lab, "fetch-images", "--offline"], site, code=1)
+        assert "overcloud-full.tar is not cached" in fetch.stdout + fetch.stderr
+        push = in_namespace(["-f", lab, "push-registry", "--offline"], site, code=1)
+        assert "images are not in the local registry" in push.stdout + push.stderr
+        assert "centos-binary-nova-api:current-tripleo" in push.stdout + push.stderr
+        assert time.monotonic() - started < 60
+    finally:
+        lab_down(lab_options(site))
 
     try:
         out = in_namespace(["-f", lab, "bundle", "import", "--tar", str(tar), "--json",
