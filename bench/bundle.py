@@ -51,10 +51,10 @@ def export_main(src: str, dest: Path, tar: bool, repos: list[str]) -> dict:
     if tar:
         with dest.open("wb") as handle:
             writer = TarWriter(handle)
-            count, size = write_bundle(plan, writer, 4)
+            count, size, _ = write_bundle(plan, writer, 4)
             writer.close()
     else:
-        count, size = write_bundle(plan, DirWriter(dest), 4)
+        count, size, _ = write_bundle(plan, DirWriter(dest), 4)
     return {"blobs": count, "bytes": size, "rss": pr.peak_rss()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,8 +123,6 @@ def _registry_opener(client: RegistryClient, repository: str, digest: str) -> Op
 
 
 def _bytes_opener(data: bytes) -> Opener:
-    import io
-
     return lambda: contextlib.nullcontext(io.BytesIO(data))
 
 
@@ -194,8 +193,9 @@ def missing_blobs(plan: BundlePlan, writer: DirWriter | TarWriter) -> list[tuple
 
 
 def write_bundle(plan: BundlePlan, writer: DirWriter | TarWriter, jobs: int = 4,
-                 on_bytes: Callable[[int], None] | None = None) -> tuple[int, int]:
-    """Write what is missing, then index.json and the bundle manifest; (blobs written, bytes)."""
+                 on_bytes: Callable[[int], None] | None = None) -> tuple[int, int, list[str]]:
+    """Write what is missing, then index.json and the bundle manifest; a folder then drops the
+    blobs it no longer needs. (blobs written, bytes, digests removed)."""
     if isinstance(writer, TarWriter):
         # Streamable order: the small files first, so a reader knows every digest before any blob.
         writer.meta(LAYOUT_FILE, LAYOUT_BYTES)
@@ -220,4 +220,5 @@ def write_bundle(plan: BundlePlan, writer: DirWriter | TarWriter, jobs: int = 4,
         writer.meta(LAYOUT_FILE, LAYOUT_BYTES)
         writer.meta(INDEX_FILE, plan.index)
         writer.meta("apex-bundle.json", plan.bytes)  # last: the folder is complete
-    return len(todo), written
+        return len(todo), written, writer.prune({d for d, _ in plan.blobs})
+    return len(todo), written, []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -187,21 +188,10 @@ class TarWriter:
         self._seen.add(digest)
 
     def meta(self, name: str, data: bytes) -> None:
-        self.tar.addfile(self._info(name, len(data)), _Bytes(data))
+        self.tar.addfile(self._info(name, len(data)), io.BytesIO(data))
 
     def close(self) -> None:
         self.tar.close()
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, amount: int = -1) -> bytes:
-        end = len(self._data) if amount is None or amount < 0 else self._pos + amount
-        out = self._data[self._pos:end]
-        self._pos += len(out)
-        return out
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -312,8 +302,10 @@ class TarReader:
 
 
 def open_bundle(path: Path | None, tar: Path | None) -> DirReader | TarReader:
-    """The bundle at ``path`` (a folder) or ``tar``, its small files read and checked."""
-    reader: DirReader | TarReader = DirReader(path) if path is not None else TarReader(tar)  # type: ignore[arg-type]
+    """The bundle at ``path`` (a folder) or else ``tar``, its small files read and checked."""
+    if path is None and tar is None:
+        raise BundleError("no bundle given", "give --path DIR or --tar FILE")
+    reader: DirReader | TarReader = DirReader(path) if path is not None else TarReader(Path(str(tar)))
     try:
         document = json.loads(reader.bundle_bytes)
         contents = document["contents"]

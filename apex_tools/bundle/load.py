@@ -21,17 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apex_tools.bundle.export import DISK_IMAGE
+from apex_tools.bundle.export import DISK_IMAGE, file_digest
 from apex_tools.bundle.layout import (
     DirReader,
     Entry,
     HashingReader,
-    IntegrityError,
     TarReader,
     blob_name,
 )
 from apex_tools.core.errors import ApexError, BundleError
-from apex_tools.core.reference import ImageRef
 from apex_tools.core.state import atomic_file
 from apex_tools.http.filecache import Validators, cached_validators, meta_path, write_validators
 from apex_tools.registry.client import Manifest, RegistryClient, RegistryHTTPError
@@ -69,15 +67,9 @@ def _file_present(entry: dict[str, Any], dest: Path) -> bool:
         cached = cached_validators(dest)
         return cached is not None and cached.digests.get("sha256") == entry["digest"][7:]
     try:
-        return dest.stat().st_size == entry["size"] and _sha256(dest) == entry["digest"]
+        return dest.stat().st_size == entry["size"] and file_digest(dest) == entry["digest"]
     except FileNotFoundError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    from apex_tools.bundle.export import file_digest
-
-    return file_digest(path)
 
 
 def plan_import(document: dict[str, Any], local: RegistryClient, dest_of: Callable[[dict[str, Any]], Path],
@@ -236,21 +228,13 @@ def _finish_image(image: dict[str, Any], local: RegistryClient, plan: ImportPlan
             if home != repository and local.mount_blob(repository, digest, home) is not None:
                 raise BundleError(f"image {ref}: the registry would not mount {digest} from {home}",
                                   "check the local registry's log")
-        for digest in [*image["manifests"], image["digest"]]:
-            raw = manifests[digest]
-            media_type = json.loads(raw).get("mediaType") or image["media_type"]
-            if digest == image["digest"]:
-                media_type = image["media_type"]
-            manifest = Manifest(media_type, digest, raw)
-            local.put_manifest(repository, digest if digest != image["digest"] else ref.rsplit(":", 1)[1], manifest)
+        # Each manifest with the media type its parent names it by (the index.json's for the top).
+        types = {d["digest"]: d["mediaType"] for d in json.loads(manifests[image["digest"]]).get("manifests", [])}
+        for digest in image["manifests"]:
+            local.put_manifest(repository, digest, Manifest(types[digest], digest, manifests[digest]))
+        local.put_manifest(repository, ref.rsplit(":", 1)[1],
+                           Manifest(image["media_type"], image["digest"], manifests[image["digest"]]))
     except ApexError as exc:
         return Loaded(ref, FAILED, exc.message.splitlines()[0], exc)
     return Loaded(ref, LOADED, f"{image['digest'][:19]}, {len(image['blobs'])} blobs")
 
-
-def local_ref(registry: str, ref: str) -> ImageRef:
-    """The local registry's name of a bundle image ``<repository>:<tag>``."""
-    return ImageRef.parse(f"{registry}/{ref}")
-
-
-__all__ = ["ImportPlan", "Loaded", "plan_import", "load_bundle", "IntegrityError", "local_ref"]

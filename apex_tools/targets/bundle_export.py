@@ -24,7 +24,6 @@ from apex_tools.bundle.export import (
     file_digest,
     look_image,
     look_images,
-    missing_blobs,
     plan_bundle,
     write_bundle,
 )
@@ -186,16 +185,13 @@ def bundle_export(run: RunContext, path: Path | None = None, tar: Path | None = 
 
     with run.progress(f"exporting to {where}", sum(s for _, s in todo)) as progress:
         if path is not None:
-            writer = DirWriter(path)
-            count, written = write_bundle(plan, writer, options.jobs, progress.advance)
-            removed = writer.prune({d for d, _ in plan.blobs})
+            count, written, removed = write_bundle(plan, DirWriter(path), options.jobs, progress.advance)
         else:
             assert tar is not None
             with atomic_file(tar) as handle:
-                writer_t = TarWriter(handle)
-                count, written = write_bundle(plan, writer_t, options.jobs, progress.advance)
-                writer_t.close()
-            removed = []
+                writer = TarWriter(handle)
+                count, written, removed = write_bundle(plan, writer, options.jobs, progress.advance)
+                writer.close()
     changes = [f"bundle {plan.id} in {where}: {summary}",
                f"wrote {count} blobs ({human_size(written)})" + (f", removed {len(removed)} no longer needed"
                                                                  if removed else "")]

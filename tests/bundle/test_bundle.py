@@ -53,7 +53,7 @@ def export(client: RegistryClient, refs: list[str], files: list[FileItem], write
            base: tuple[dict[str, Any], str] | None = None, **kw: Any) -> tuple[Any, int, int]:
     items = look_images([ImageRef.parse(f"{client.host}/{r}") for r in refs], lambda _: client, 2)
     plan = plan_bundle(items, files, lambda _: client, {"os_version": "master", "patches": []}, base)
-    count, size = write_bundle(plan, writer, 2, **kw)
+    count, size, _ = write_bundle(plan, writer, 2, **kw)
     return plan, count, size
 
 
@@ -197,6 +197,8 @@ def test_an_interrupted_export_and_import_resume_by_digest(two, tmp_path: Path) 
     with pytest.raises(Interrupted):
         export(up, refs, [], DirWriter(bundle), on_bytes=stop_half)
     assert not (bundle / BUNDLE_FILE).exists()  # incomplete: no import would take it
+    # What a SIGKILL leaves besides (no cleanup ran): a half-written temporary blob.
+    (bundle / "blobs/sha256" / f".{'0' * 64}.x1y2.tmp").write_bytes(b"half a blob")
     plan, count, _ = export(up, refs, [], DirWriter(bundle))
     assert 0 < count < len(plan.blobs)  # only the rest
     assert not [p for p in (bundle / "blobs/sha256").iterdir() if p.name.startswith(".")]
