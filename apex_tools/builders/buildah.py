@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from apex_tools.core.errors import BuildError, RegistryError
+from apex_tools.core.errors import RegistryError
 from apex_tools.core.reference import ImageRef
 from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from apex_tools.core.errors import BuildError, RegistryError
+from apex_tools.core.errors import RegistryError
 from apex_tools.core.reference import ImageRef
 from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
 

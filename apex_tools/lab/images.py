@@ -188,7 +188,10 @@ def push_seeds(client: RegistryClient, seeds: Sequence[SeedImage]) -> int:
         head = client.head_manifest(seed.repository, seed.tag)
         if head is not None and head[0] == manifest.digest:
             continue
-        push_blobs(client, seed.repository, [seed.config] + [layer.blob for layer in seed.layers], holder)
+        blobs = [seed.config] + [layer.blob for layer in seed.layers]
+        push_blobs(client, seed.repository, blobs, holder)
+        for blob in blobs:
+            holder.setdefault(sha256_digest(blob), seed.repository)
         client.put_manifest(seed.repository, seed.tag, manifest)
         pushed += 1
     return pushed

@@ -95,8 +95,9 @@ def run_patches(root: Path, steps: Sequence[PatchStep], image: str) -> None:
             raise BuildError(f"{image}: {step.file.name}: folder {step.target_dir} is not in the image",
                              "check the project's install path (build/projects.yaml, patching.python_path)")
         with step.file.open("rb") as patch_input:
+            # umask 022 as in a RUN step, so a new file's mode does not depend on who runs apex.
             done = subprocess.run(["patch", f"-p{step.strip}", *PATCH_FLAGS], cwd=where, stdin=patch_input,
-                                  capture_output=True, text=True, errors="replace")
+                                  capture_output=True, text=True, errors="replace", umask=0o022)
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip().replace(str(root), "")
             raise BuildError(f"{image}: patch {step.file.name} ({step.label or step.target_dir}) does not apply "

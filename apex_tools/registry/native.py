@@ -27,6 +27,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,17 +79,27 @@ class Built:
 
 
 class _Hashing:
-    """A raw blob stream that hashes and counts what is read, so a layer is verified as it is read."""
+    """A raw blob stream that hashes and counts what is read, so a layer is verified as it is read.
+
+    Reads the socket in 1 MiB blocks: tarfile asks for 10 KiB at a time, and a urllib3 read per
+    10 KiB costs more than the inflating and hashing.
+    """
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
+        self._buffer = b""
+        self._at = 0
 
     def read(self, amount: int = -1) -> bytes:
-        data = self.raw.read(amount if amount and amount > 0 else 1 << 20, decode_content=False)
-        self.hash.update(data)
-        self.count += len(data)
+        amount = amount if amount and amount > 0 else 1 << 20
+        if self._at >= len(self._buffer):
+            self._buffer, self._at = self.raw.read(max(amount, 1 << 20), decode_content=False), 0
+            self.hash.update(self._buffer)
+            self.count += len(self._buffer)
+        data = self._buffer[self._at:self._at + amount]
+        self._at += len(data)
         return data
 
     def drain(self) -> None:
@@ -105,6 +116,8 @@ class LayerCache:
     layers_read: int = 0
     _indexes: dict[str, LayerIndex] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One lock per layer digest: images built in parallel wait for a shared layer rather than read it twice.
+    _reading: dict[str, threading.Lock] = field(default_factory=dict)
 
     def _read(self, repository: str, descriptor: Mapping[str, Any], keep: Callable[[str], bool]) -> LayerIndex:
         digest = descriptor["digest"]
@@ -130,16 +143,20 @@ class LayerCache:
     def index(self, repository: str, descriptor: Mapping[str, Any], keep: Callable[[str], bool]) -> LayerIndex:
         """The layer's index (read once per digest; the bytes of kept files are kept)."""
         digest = descriptor["digest"]
-        if digest not in self._indexes:
-            self._indexes[digest] = self._read(repository, descriptor, keep)
-        return self._indexes[digest]
+        with self._lock:
+            reading = self._reading.setdefault(digest, threading.Lock())
+        with reading:
+            if digest not in self._indexes:
+                self._indexes[digest] = self._read(repository, descriptor, keep)
+            return self._indexes[digest]
 
     def data(self, repository: str, descriptor: Mapping[str, Any], path: str) -> bytes:
         """A regular file's bytes in a layer; the layer is read again only when they were not kept."""
         index = self.index(repository, descriptor, lambda p: p == path)
         if path not in index.data:
             again = self._read(repository, descriptor, lambda p: p == path)
-            index.data[path] = again.data[path]
+            with self._lock:
+                index.data[path] = again.data[path]
         return index.data[path]
 
 
@@ -296,40 +313,61 @@ def _changes(scratch: _Scratch, originals: Mapping[str, tarfile.TarInfo], layers
     return list(changes.values())
 
 
-def push_blobs(client: RegistryClient, repository: str, blobs: Sequence[bytes], holders: dict[str, str]) -> int:
-    """Make every blob present in ``repository``: HEAD, else mount from a repository in ``holders``
-    (digest → repository), else upload. Returns how many were uploaded."""
+def push_blobs(client: RegistryClient, repository: str, blobs: Sequence[bytes], holders: Mapping[str, str]) -> int:
+    """Make every blob present in ``repository``: mount it from the repository ``holders`` names
+    (digest → repository), else HEAD, else upload. Returns how many were uploaded."""
     uploads = 0
     for blob in blobs:
         digest = sha256_digest(blob)
-        if client.has_blob(repository, digest) is None:
-            location = None
-            if digest in holders and holders[digest] != repository:
-                try:
-                    location = client.mount_blob(repository, digest, holders[digest])
-                except RegistryHTTPError:
-                    location = None  # a registry refusing mounts: upload instead
-                else:
-                    if location is None:  # mounted
-                        holders.setdefault(digest, repository)
-                        continue
-            client.upload_blob(repository, digest, blob, len(blob), location=location)
-            uploads += 1
-        holders.setdefault(digest, repository)
+        location = None
+        if holders.get(digest, repository) != repository:
+            try:
+                location = client.mount_blob(repository, digest, holders[digest])
+            except RegistryHTTPError:
+                location = None  # a registry refusing mounts: upload instead
+            else:
+                if location is None:  # mounted
+                    continue
+        elif client.has_blob(repository, digest) is not None:
+            continue
+        client.upload_blob(repository, digest, blob, len(blob), location=location)
+        uploads += 1
     return uploads
 
 
-def push_built(client: RegistryClient, built: Sequence[Built], tags: Mapping[str, Sequence[str]]) -> tuple[dict[str, str], int]:
-    """Push each image's blobs (each distinct one uploaded once) and its manifest under ``tags[image]``.
+def build_all(client: RegistryClient, cache: LayerCache, jobs: int,
+              work: Sequence[tuple[str, str, str, NativeImage]]) -> list[Built]:
+    """``build_native`` for each (repository, base digest, base name, image), ``jobs`` at a time, in order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(work) or 1))) as pool:
+        return list(pool.map(lambda item: build_native(client, cache, *item), work))
 
-    Returns the digest of the manifest bytes PUT, by image, and how many blobs were uploaded.
+
+def push_built(client: RegistryClient, built: Sequence[Built], tags: Mapping[str, Sequence[str]],
+               jobs: int = 4) -> tuple[dict[str, str], int]:
+    """Push each image's blobs and its manifest under ``tags[image]``, ``jobs`` images at a time.
+
+    Each distinct blob is uploaded once (by the first image holding it) and mounted into the
+    other repositories. Returns the digest of the manifest bytes PUT, by image, and the uploads.
     """
     holders: dict[str, str] = {}
-    digests: dict[str, str] = {}
-    uploads = 0
+    first: list[tuple[Built, list[bytes]]] = []
     for item in built:
-        uploads += push_blobs(client, item.repository, [item.layer.blob, item.config], holders)
-        for tag in tags[item.image]:
-            digests[item.image] = client.put_manifest(item.repository, tag, item.manifest)
-    return digests, uploads
+        mine = [b for b in (item.layer.blob, item.config) if holders.setdefault(sha256_digest(b), item.repository)
+                == item.repository]
+        first.append((item, mine))
 
+    def push(item: Built, blobs: Sequence[bytes]) -> int:
+        return push_blobs(client, item.repository, blobs, {})
+
+    def rest(item: Built) -> str:
+        push_blobs(client, item.repository, [item.layer.blob, item.config], holders)
+        digest = ""
+        for tag in tags[item.image]:
+            digest = client.put_manifest(item.repository, tag, item.manifest)
+        return digest
+
+    workers = max(1, min(jobs, len(built) or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        uploads = sum(pool.map(lambda pair: push(*pair), first))
+        digests = dict(zip((b.image for b in built), pool.map(rest, built)))
+    return digests, uploads

@@ -28,7 +28,7 @@ from apex_tools.core.reference import ImageRef
 from apex_tools.patching.apply import PatchStep
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.deployment import APEX_TAG
-from apex_tools.registry.native import Built, LayerCache, NativeImage, build_native, push_built
+from apex_tools.registry.native import LayerCache, NativeImage, build_all, push_built
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def plan_rebuilds(
 
 
 def apply_rebuilds(actions: Sequence[RebuildAction], local: RegistryClient,
-                   engine: Callable[[str], Builder]) -> RebuildReport:
+                   engine: Callable[[str], Builder], jobs: int = 4) -> RebuildReport:
     """Build every BUILD action (native ones in memory), then push them all, then re-point RETAG ones.
 
     A build error raises before anything is pushed; an engine that cannot be reached fails only
@@ -214,13 +214,14 @@ def apply_rebuilds(actions: Sequence[RebuildAction], local: RegistryClient,
     report = RebuildReport()
     to_build = [a for a in actions if a.action == BUILD]
     cache = LayerCache(local)
-    built: list[tuple[RebuildAction, Built]] = []
-    for action in (a for a in to_build if a.builder == NATIVE):
-        rebuild = action.rebuild
-        assert rebuild.native is not None
-        log.info("building %s natively from %s@%s", rebuild.target, rebuild.base.repository, action.base_digest)
-        built.append((action, build_native(local, cache, rebuild.base.repository, action.base_digest,
-                                           rebuild.source or str(rebuild.base), rebuild.native)))
+    natives = [a for a in to_build if a.builder == NATIVE]
+    for action in natives:
+        log.info("building %s natively from %s@%s", action.rebuild.target, action.rebuild.base.repository,
+                 action.base_digest)
+    made = build_all(local, cache, jobs, [(a.rebuild.base.repository, a.base_digest, a.rebuild.source or
+                                           str(a.rebuild.base), a.rebuild.native) for a in natives
+                                          if a.rebuild.native is not None])
+    built = list(zip(natives, made))
     engine_built: list[tuple[RebuildAction, Builder]] = []
     for action in (a for a in to_build if a.builder != NATIVE):
         assert action.key is not None
@@ -237,7 +238,7 @@ def apply_rebuilds(actions: Sequence[RebuildAction], local: RegistryClient,
 
     if built:
         tags = {b.image: [str(a.key.tag), APEX_TAG] for a, b in built if a.key is not None}
-        digests, report.uploads = push_built(local, [b for _, b in built], tags)
+        digests, report.uploads = push_built(local, [b for _, b in built], tags, jobs)
         report.done += [replace(a, digest=digests[b.image]) for a, b in built]
     for action, builder in engine_built:
         builder.push(str(action.key))

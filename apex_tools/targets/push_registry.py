@@ -250,7 +250,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         actions = plan_rebuilds(check.rebuilds, local, bases, options.builder, options.builder_fallback)
         fp = _fingerprint(check.heads, actions, check.insecure, check.named)
     engines = _Engines(options, check.insecure and local.host)
-    report = apply_rebuilds(actions, local, engines) if actions else RebuildReport()
+    report = apply_rebuilds(actions, local, engines, options.jobs) if actions else RebuildReport()
     done = {a.rebuild.image: a for a in report.done}
     for action in actions:
         if action.action == SKIP:

@@ -1,6 +1,7 @@
 """The lab from the tool's image, as CI runs it: ``docker run --rm --network host`` with the
 docker socket and the work dir mounted at identical paths, ``apex-tools lab up`` then
-``apex-tools deploy --lab``, twice; the second deployment is all up to date.
+``apex-tools deploy --lab``, twice; the second deployment is all up to date. And once as the
+README shows it, without the socket.
 
 Every container's stand-ins end with it; the next ``lab up`` starts them again over the same
 files and registry storage, so nothing is generated, pushed or downloaded a second time.
@@ -26,12 +27,14 @@ from registry_support import forget_images
 PASSED = ("APEX_", "LIBGUESTFS_")
 
 
-def _docker_run(image: str, root: Path, env: dict[str, str], *args: str, shell: str = "") -> str:
-    """``docker run --rm`` the image with the socket and ``root`` mounted at the same path; the
-    named container is removed even on a timeout. ``shell``: run that ``sh -c`` script instead."""
+def _docker_run(image: str, root: Path, env: dict[str, str], *args: str, shell: str = "", socket: bool = True) -> str:
+    """``docker run --rm`` the image with the socket (unless not ``socket``) and ``root`` mounted at
+    the same path; the named container is removed even on a timeout. ``shell``: run that ``sh -c``
+    script instead."""
     name = f"apex-tools-lab-{uuid.uuid4().hex[:8]}"
-    cmd = ["docker", "run", "--rm", "--name", name, "--network", "host",
-           "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{root}:{root}"]
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", "host", "-v", f"{root}:{root}"]
+    if socket:
+        cmd[-2:-2] = ["-v", "/var/run/docker.sock:/var/run/docker.sock"]
     for key, value in sorted(env.items()):
         if key.startswith(PASSED) and key != "APEX_TEST_REQUIRE_ALL":
             cmd += ["-e", f"{key}={value}"]
@@ -49,16 +52,16 @@ def _docker_run(image: str, root: Path, env: dict[str, str], *args: str, shell: 
     return proc.stdout
 
 
-def _deploy_lab(image: str, root: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+def _deploy_lab(image: str, root: Path, env: dict[str, str], socket: bool = True) -> dict[str, dict[str, Any]]:
     """``deploy --lab`` in the image; where undercloud/deploy are still placeholders, the built
     targets under the image's own config/lab.yaml instead (see lab_support.run_chain)."""
     missing = placeholders()
     if not missing:
-        rows = json_documents(_docker_run(image, root, env, "deploy", "--lab", "--json"))[0]
+        rows = json_documents(_docker_run(image, root, env, "deploy", "--lab", "--json", socket=socket))[0]
         return {row["target"]: row for row in rows}
     lab_file = "$(python3 -c 'from apex_tools.lab.stand import lab_config_path; print(lab_config_path())')"
     tasks = " ".join(f"{name} --json" for name in CHAIN)
-    out = _docker_run(image, root, env, shell=f'apex -f "{lab_file}" lab up --quiet {tasks}')
+    out = _docker_run(image, root, env, shell=f'apex -f "{lab_file}" lab up --quiet {tasks}', socket=socket)
     return {row["target"]: row for doc in json_documents(out) for row in doc}
 
 
@@ -97,3 +100,23 @@ def test_image_runs_the_lab_twice(request: pytest.FixtureRequest, tmp_path_facto
                 if str(root) in c.labels.get(CONTAINER_LABEL, "")]
         forget_images(docker_client, [env["APEX_REGISTRY_ADDRESS"], env["APEX_UPSTREAM_REGISTRY"]])
     assert left == [], f"lab down left registry containers running: {left}"
+
+
+@pytest.mark.slow
+def test_image_runs_the_lab_without_the_docker_socket(request: pytest.FixtureRequest,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """README's ``docker run apex-tools deploy --lab`` line: no socket; the nova images are rebuilt
+    natively and the stand-ins and registries run in the container, ending with it."""
+    need(shutil.which("docker") is not None, "the docker command line (Debian package docker.io)")
+    try:
+        image = request.getfixturevalue("tool_image")
+    except pytest.FixtureLookupError:
+        need(False, "the shared tool_image fixture (tests/conftest.py, tests/image_support.py)")
+    root = tmp_path_factory.mktemp("lab-image-no-socket")
+    rows = _deploy_lab(image, root, lab_env(root), socket=False)
+    for name in CHAIN:
+        assert rows[name]["status"] == "changed", rows[name]
+    rebuilt = {i["name"].rsplit("centos-binary-", 1)[1]: i["detail"] for i in rows["push-registry"]["items"]
+               if i["status"] == "rebuilt"}
+    assert sorted(rebuilt) == sorted(NOVA_IMAGES)
+    assert all(detail.endswith("(native)") for detail in rebuilt.values()), rebuilt

@@ -64,6 +64,10 @@ def test_push_registry_rebuilds_natively_with_no_engine(lab, monkeypatch):
     assert rebuilt == sorted(NOVA)
     native = next(c for c in result.changes if c.startswith("native builds read "))
     assert native.endswith("uploaded 7 blobs"), "one layer for all six (same files, same patch), mounted; six configs"
+    upstream = RegistryClient(lab["upstream"], tls="http")
+    layers = {d["digest"] for name in NOVA for d in upstream.get_manifest(f"tripleomaster/centos-binary-{name}",
+                                                                           "current-tripleo").json()["layers"]}
+    assert native.startswith(f"native builds read {len(layers)} layers"), (native, "each shared layer read once")
 
     client = RegistryClient(lab["local"], tls="http")
     record = RunContext(lab["options"]()).state.load("push-registry").data["rebuilds"]
@@ -113,7 +117,7 @@ def test_an_engine_only_image_fails_alone_when_no_engine_answers(lab, monkeypatc
     assert not (lab["work"] / "docker-images.yaml").exists()
 
 
-SECOND = f"""\
+SECOND = """\
 --- a/nova/__init__.py
 +++ b/nova/__init__.py
 @@ -1 +1,2 @@
