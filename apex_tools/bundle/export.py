@@ -192,6 +192,19 @@ def missing_blobs(plan: BundlePlan, writer: DirWriter | TarWriter) -> list[tuple
     return [(d, s) for d, s in plan.blobs if not writer.has(d, s)]
 
 
+def run_all(fn: Callable[[Any], Any], items: Sequence[Any], workers: int, name: str) -> list[Any]:
+    """``fn`` over ``items`` on ``workers`` threads, results in order; on the first failure (or an
+    interruption) what has not started yet is cancelled, so a stopped run stops soon."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=name) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def write_bundle(plan: BundlePlan, writer: DirWriter | TarWriter, jobs: int = 4,
                  on_bytes: Callable[[int], None] | None = None) -> tuple[int, int, list[str]]:
     """Write what is missing, then index.json and the bundle manifest; a folder then drops the
@@ -212,8 +225,7 @@ def write_bundle(plan: BundlePlan, writer: DirWriter | TarWriter, jobs: int = 4,
         return size
 
     if writer.parallel and len(todo) > 1:
-        with ThreadPoolExecutor(max_workers=max(1, jobs * 2), thread_name_prefix="export") as pool:
-            written = sum(pool.map(one, todo))
+        written = sum(run_all(one, todo, jobs * 2, "export"))
     else:
         written = sum(one(b) for b in todo)
     if isinstance(writer, DirWriter):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apex_tools.bundle.export import DISK_IMAGE, file_digest
+from apex_tools.bundle.export import DISK_IMAGE, file_digest, run_all
 from apex_tools.bundle.layout import (
     DirReader,
     Entry,
@@ -153,13 +153,13 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
         with reader.entry(*blob) as entry:
             take(entry)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs * 2), thread_name_prefix="import") as pool:
-        if reader.parallel:  # a folder: blobs in parallel, largest first
-            list(pool.map(take_blob, sorted(plan.needed, key=lambda b: -b[1])))
-        else:  # a tar: in its order, as it streams
-            for entry in reader.entries(plan.needed):
-                take(entry)
-        results = list(pool.map(lambda image: _finish_image(image, local, plan, manifests, broken), plan.images))
+    if reader.parallel:  # a folder: blobs in parallel, largest first
+        run_all(take_blob, sorted(plan.needed, key=lambda b: -b[1]), jobs * 2, "import")
+    else:  # a tar: in its order, as it streams
+        for entry in reader.entries(plan.needed):
+            take(entry)
+    results = run_all(lambda image: _finish_image(image, local, plan, manifests, broken), plan.images, jobs * 2,
+                      "import")
     for entry in plan.files:
         error = broken.get(entry["digest"])
         results.append(Loaded(entry["path"], FAILED if error else LOADED,
