@@ -317,8 +317,9 @@ def bundle_export_task(
     c: Context, path: str = "", tar: str = "", since: str = "", force: bool = False, dry_run: bool = False,
     verbose: bool = False, quiet: bool = False, json: bool = False,
 ) -> None:
-    """Write every image, disk image and patch the deployment needs into a bundle (runs fetch-images
-    and patch-containers first)."""
+    """Write the deployment's images, disk images and patches into a bundle for a disconnected site.
+
+    Runs fetch-images and patch-containers first."""
     from apex_tools.targets.bundle_export import bundle_export
 
     def export(run: RunContext) -> TargetResult:

@@ -136,7 +136,7 @@ def test_skopeo_reads_the_layout_and_sees_upstreams_digest(two, tmp_path: Path) 
     # ones, kept as such so their digests stay upstream's, are skipped by that version's lookup).
     for ref in ("tripleo/keystone:current", "tripleo/multi:current"):
         out = subprocess.run(["skopeo", "inspect", f"oci:{bundle}:{ref}"], capture_output=True, text=True,
-                             check=True, timeout=60)
+                             check=True, timeout=180)
         assert json.loads(out.stdout)["Digest"] == digests[ref], out.stdout
 
 
