@@ -31,9 +31,6 @@ SERVICE_DIRS = {"queens": "environments/services-docker"}
 DEFAULT_SERVICE_DIR = "environments/services"
 # Feature switches whose service environment Apex added (OTHER_FILE_MAP, containers).
 FEATURE_FILES = ("tacker", "congress", "barometer", "rt_kvm")
-# Releases whose client runs its own container image prepare during the deploy (from the release
-# defaults, asking the upstream registries) unless told not to: an offline deploy must not.
-SELF_PREPARE_RELEASES = ("master",)
 
 
 @dataclass(frozen=True)
@@ -48,8 +45,6 @@ class DeployPlan:
     libvirt_type: str
     timeout: int
     ceph: bool
-    # Disconnected (config ``offline``): nothing on the command may reach upstream.
-    offline: bool = False
 
     @property
     def os_version(self) -> str:
@@ -137,8 +132,6 @@ def command_args(plan: DeployPlan) -> list[str]:
     # Every supported release (Pike and later) takes a networks file.
     args += ["--networks-file", NETWORK_DATA]
     args += ["--libvirt-type", plan.libvirt_type]
-    if plan.offline and plan.os_version in SELF_PREPARE_RELEASES:
-        args.append("--disable-container-prepare")
     return args
 
 

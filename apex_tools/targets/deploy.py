@@ -115,7 +115,7 @@ def _check(run: RunContext) -> _Deploy:
     tht, tht_source = _templates(run, undercloud, not answers)
     virtual = options.ceph.virtual
     plan = DeployPlan(ds, ns, scale, tht, virtual, libvirt_type(options.deploy.libvirt_type, virtual),
-                      options.deploy.timeout, ceph=ds.deploy_options.ceph, offline=options.offline)
+                      options.deploy.timeout, ceph=ds.deploy_options.ceph)
     source = str(settings_path(options.network_settings, "network"))
     files = {
         DEPLOY_COMMAND: deploy_command(plan),

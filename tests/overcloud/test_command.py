@@ -4,7 +4,6 @@ controllers, kvm or qemu, the same bytes for the same inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -163,12 +162,3 @@ def test_libvirt_type(tmp_path: Path) -> None:
     assert libvirt_type("", True, kvm, sys_module) == "qemu"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         assert libvirt_type("", virtual=True) == "qemu"  # this machine: nested KVM does not work
-
-
-def test_offline_command_stops_the_clients_own_container_prepare_where_it_runs_one() -> None:
-    online = _plan("os-nosdn-nofeature-noha")
-    assert online.os_version == "master" and "--disable-container-prepare" not in command_args(online)
-    offline = dataclasses.replace(online, offline=True)
-    assert command_args(offline)[-1] == "--disable-container-prepare"
-    queens = dataclasses.replace(_plan("os-nosdn-queens_upstream-noha"), offline=True)
-    assert "--disable-container-prepare" not in command_args(queens)  # its client has no such step
