@@ -5,8 +5,11 @@ incremental and differential exports."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,34 +181,52 @@ def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_
     assert local.head_manifest("tripleo/nova-api", "current")[0] == digests["tripleo/nova-api:current"]
 
 
-class Interrupted(BaseException):
-    pass
+KILLED_CHILD = """
+import os, signal, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bundle"]
+import test_bundle
+from apex_tools.bundle.layout import DirWriter
+from apex_tools.registry.client import RegistryClient
+
+done = []
+
+def on_bytes(_):
+    done.append(1)
+    if len(done) == after:  # mid-run: other workers are cut off mid-blob
+        os.kill(os.getpid(), signal.SIGKILL)
+
+step, after, host, bundle, refs = sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]), sys.argv[6:]
+client = RegistryClient(host, "http")
+if step == "export":
+    test_bundle.export(client, refs, [], DirWriter(bundle), on_bytes=on_bytes)
+else:
+    test_bundle.do_import(bundle, client, bundle.parent / "cache", on_bytes=on_bytes)
+"""
 
 
-def test_an_interrupted_export_and_import_resume_by_digest(two, tmp_path: Path) -> None:
+def killed(step: str, after: int, host: str, bundle: Path, refs: list[str] = ()) -> None:
+    """``export`` or ``import`` in another process that SIGKILLs itself after ``after`` blobs: no
+    cleanup runs, as when a run is killed."""
+    tests = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, tests, step, str(after), host, str(bundle), *refs],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def test_a_killed_export_and_import_resume_by_digest(two, tmp_path: Path) -> None:
     up, local = two
     digests = seed(up)
     refs = sorted(digests)
     bundle = tmp_path / "bundle"
-    seen = []
-
-    def stop_half(amount: int) -> None:
-        seen.append(amount)
-        if len(seen) == 5:
-            raise Interrupted()
-
-    with pytest.raises(Interrupted):
-        export(up, refs, [], DirWriter(bundle), on_bytes=stop_half)
+    killed("export", 5, up.host, bundle, refs)
     assert not (bundle / BUNDLE_FILE).exists()  # incomplete: no import would take it
-    # What a SIGKILL leaves besides (no cleanup ran): a half-written temporary blob.
-    (bundle / "blobs/sha256" / f".{'0' * 64}.x1y2.tmp").write_bytes(b"half a blob")
     plan, count, _ = export(up, refs, [], DirWriter(bundle))
     assert 0 < count < len(plan.blobs)  # only the rest
-    assert not [p for p in (bundle / "blobs/sha256").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (bundle / "blobs/sha256").iterdir() if p.name.startswith(".")]  # no torn leftovers
 
-    seen.clear()
-    with pytest.raises(Interrupted):
-        do_import(bundle, local, tmp_path / "cache", on_bytes=stop_half)
+    # 14 of the 20 blobs: the 7 manifests (only read) may come first, so at least 7 uploads are in.
+    killed("import", 14, local.host, bundle)
     resumed, results = do_import(bundle, local, tmp_path / "cache")
     assert 0 < len(resumed.needed) < len(plan.blobs)
     assert {r.status for r in results} == {LOADED}
