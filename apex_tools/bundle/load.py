@@ -12,11 +12,13 @@ only PUT once all its blobs are in).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +158,7 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
     if reader.parallel:  # a folder: blobs in parallel, largest first
         run_all(take_blob, sorted(plan.needed, key=lambda b: -b[1]), jobs * 2, "import")
     else:  # a tar: in its order, as it streams
-        for entry in reader.entries(plan.needed):
-            take(entry)
+        _stream_in_order(reader, plan.needed, take, jobs * 2)
     results = run_all(lambda image: _finish_image(image, local, plan, manifests, broken), plan.images, jobs * 2,
                       "import")
     for entry in plan.files:
@@ -165,6 +166,38 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
         results.append(Loaded(entry["path"], FAILED if error else LOADED,
                               error.message.splitlines()[0] if error else f"{entry['size']} bytes", error))
     return results
+
+
+# A tar's small blobs are read ahead into memory and sent by a pool, at most this many bytes
+# at once (so memory stays flat in the bundle's size); larger ones stream from the tar.
+SMALL_BLOB = 4 << 20
+IN_FLIGHT = 64 << 20
+
+
+def _stream_in_order(reader: DirReader | TarReader, needed: list[tuple[str, int]], take: Callable[[Entry], None],
+                     workers: int) -> None:
+    """Hand each blob of a sequential reader to ``take``: small ones to a pool (bounded), large inline."""
+    pending: deque[tuple[Future[None], int]] = deque()
+    held = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
+        try:
+            for entry in reader.entries(needed):
+                if entry.stream is None or entry.size > SMALL_BLOB:
+                    take(entry)
+                    continue
+                while pending and held + entry.size > IN_FLIGHT:
+                    done, size = pending.popleft()
+                    done.result()
+                    held -= size
+                data = io.BytesIO(entry.stream.read(entry.size))
+                pending.append((pool.submit(take, Entry(entry.digest, entry.size, data)), entry.size))
+                held += entry.size
+            for done, _ in pending:
+                done.result()
+        except BaseException:
+            for done, _ in pending:
+                done.cancel()
+            raise
 
 
 def _what(digest: str, users: dict[str, list[str]], files: dict[str, list[dict[str, Any]]]) -> str:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,18 +159,32 @@ def test_tar_is_streamed_and_imports_the_same(two, tmp_path: Path) -> None:
     assert_imported(local, digests)
 
 
-def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_of_it(two, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_tar", [False, True], ids=["folder", "tar"])
+def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_of_it(two, tmp_path: Path,
+                                                                                    as_tar: bool) -> None:
     up, local = two
     digests = seed(up)
-    bundle = tmp_path / "bundle"
-    export(up, sorted(digests), [], DirWriter(bundle))
+    bundle = tmp_path / ("bundle.tar" if as_tar else "bundle")
     manifest = json.loads(up.get_manifest("tripleo/glance-api", "current").raw)
     own = manifest["layers"][1]["digest"]  # glance-api's own layer
-    path = bundle / blob_name(own)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    _, results = do_import(bundle, local, tmp_path / "cache")
+    if as_tar:
+        with bundle.open("wb") as handle:
+            writer = TarWriter(handle)
+            export(up, sorted(digests), [], writer)
+            writer.close()
+        with tarfile.open(bundle) as tar:
+            member = tar.getmember(blob_name(own))
+            path, offset = bundle, member.offset_data + member.size // 2
+    else:
+        export(up, sorted(digests), [], DirWriter(bundle))
+        path = bundle / blob_name(own)
+        offset = path.stat().st_size // 2
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    _, results = do_import(bundle, local, tmp_path / "cache", tar=as_tar)
     failed = {r.name: r for r in results if r.status == FAILED}
     assert list(failed) == ["tripleo/glance-api:current"]
     error = failed["tripleo/glance-api:current"].error
