@@ -265,13 +265,16 @@ def build_native(client: RegistryClient, cache: LayerCache, repository: str, bas
                 continue
             if info.isdir():
                 scratch.folder(where.path)
-            elif info.isreg() and where.layer is not None:
-                scratch.file(where.path, cache.data(repository, descriptors[where.layer], where.path), info.mode)
+            elif (info.isreg() or info.islnk()) and where.layer is not None:
+                # A hard link's bytes are its target's (same layer); the new entry is a plain file,
+                # as a copy-up in the engine makes it.
+                source = clean(info.linkname) if info.islnk() else where.path
+                scratch.file(where.path, cache.data(repository, descriptors[where.layer], source), info.mode)
                 originals[where.path] = info
             else:
-                kind = "hard link" if info.islnk() else "symbolic link" if info.issym() else "special file"
-                raise BuildError(f"{image.image}: {wanted} is a {kind} in the image; the native builder patches "
-                                 "regular files only", "set builder: docker (or buildah) for this image")
+                kind = "symbolic link" if info.issym() else "special file"
+                raise BuildError(f"{image.image}: {wanted} is a {kind} in the image; patch changes regular files "
+                                 "only", "make the patch name the file the link points to")
         run_patches(scratch.root, image.patches, image.image)
         changes = _changes(scratch, originals, layers)
     if not changes:

@@ -26,7 +26,7 @@ REPO = "apex/edge"
 
 
 def tar_layer(entries: list[tuple]) -> tuple[bytes, str]:
-    """A gzipped layer from (path, kind, payload, mode, uid, gid) rows: kind file|dir|link; (blob, diff_id)."""
+    """A gzipped layer from (path, kind, payload, mode, uid, gid) rows: kind file|dir|link|hard; (blob, diff_id)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, kind, payload, mode, uid, gid in entries:
@@ -35,8 +35,8 @@ def tar_layer(entries: list[tuple]) -> tuple[bytes, str]:
             if kind == "dir":
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
-            elif kind == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, payload
+            elif kind in ("link", "hard"):
+                info.type, info.linkname = (tarfile.SYMTYPE if kind == "link" else tarfile.LNKTYPE), payload
                 tar.addfile(info)
             else:
                 info.size = len(payload)
@@ -57,6 +57,7 @@ def f(path, body: bytes, mode=0o644, uid=0, gid=0):
 BOTTOM = [d("srv"), d("srv/real"), d("srv/real/pkg"), ("srv/link", "link", "real", 0o777, 0, 0),
           f("srv/real/pkg/a.py", b"old a\n", 0o640, 42, 43), f("srv/real/pkg/b.py", b"b v1\n"),
           f("srv/real/pkg/gone.py", b"going\n"), f("srv/real/pkg/keep.py", b"kept\n"),
+          ("srv/real/pkg/hard.py", "hard", "srv/real/pkg/keep.py", 0o644, 0, 0),
           f("srv/real/pkg/ghost.py", b"ghost\n"), d("srv/real/pkg/__pycache__"),
           f("srv/real/pkg/__pycache__/a.cpython-39.pyc", b"\x00stale"), d("srv/opq"), f("srv/opq/x.py", b"hidden\n")]
 # Middle: b.py overridden, ghost.py whited out, srv/opq made opaque (x.py hidden below).
@@ -87,6 +88,11 @@ EDGE_PATCH = """\
 +++ b/pkg/ghost.py
 @@ -0,0 +1 @@
 +ghost is back
+--- a/pkg/hard.py
++++ b/pkg/hard.py
+@@ -1 +1 @@
+-kept
++hard no more
 """
 OPAQUE_PATCH = "--- /dev/null\n+++ b/x.py\n@@ -0,0 +1 @@\n+x again\n"
 TOP_PATCH = "--- a/etc/top\n+++ b/etc/top\n@@ -1 +1 @@\n-top v1\n+top v2\n"
@@ -135,13 +141,14 @@ def test_upper_layers_whiteouts_opaque_folders_and_symlinked_parents(edge_base, 
         "srv/opq/x.py",
         "srv/real/pkg/.wh.gone.py",
         "srv/real/pkg/__pycache__/.wh.a.cpython-39.pyc",  # stale bytecode of the patched a.py
-        "srv/real/pkg/a.py", "srv/real/pkg/b.py", "srv/real/pkg/ghost.py",
+        "srv/real/pkg/a.py", "srv/real/pkg/b.py", "srv/real/pkg/ghost.py", "srv/real/pkg/hard.py",
         "srv/real/pkg/new", "srv/real/pkg/new/added.py",
     ], "real paths only (never the link), no parent folders but the new one"
     a = members["srv/real/pkg/a.py"]
     assert (a.uid, a.gid, a.mode, a.uname, a.gname) == (42, 43, 0o640, "", ""), "owner and mode kept"
     assert a.mtime == 1_600_000_001 == built.layer.mtime, "one fixed mtime, newer than the files replaced"
     assert members["srv/real/pkg/new"].isdir() and members["srv/real/pkg/ghost.py"].uid == 0
+    assert members["srv/real/pkg/hard.py"].isreg(), "a patched hard link becomes a file of its own"
 
     config = json.loads(built.config)
     assert config["rootfs"]["diff_ids"][-1] == built.layer.diff_id and len(config["rootfs"]["diff_ids"]) == 4
@@ -155,9 +162,9 @@ def test_upper_layers_whiteouts_opaque_folders_and_symlinked_parents(edge_base, 
     root = unpack(client.host, f"{REPO}:patched", tmp_path / "unpacked")
     pkg = root / "srv/real/pkg"
     assert (root / "srv/link").is_symlink() and os.readlink(root / "srv/link") == "real"
-    assert {p.name for p in pkg.iterdir()} == {"a.py", "b.py", "keep.py", "ghost.py", "new", "__pycache__"}
-    assert [(pkg / n).read_text() for n in ("a.py", "b.py", "ghost.py", "new/added.py")] == \
-        ["new a\n", "b v3\n", "ghost is back\n", "added\n"]
+    assert {p.name for p in pkg.iterdir()} == {"a.py", "b.py", "keep.py", "hard.py", "ghost.py", "new", "__pycache__"}
+    assert [(pkg / n).read_text() for n in ("a.py", "b.py", "ghost.py", "new/added.py", "hard.py", "keep.py")] == \
+        ["new a\n", "b v3\n", "ghost is back\n", "added\n", "hard no more\n", "kept\n"]
     assert list((pkg / "__pycache__").iterdir()) == []
     assert sorted(p.name for p in (root / "srv/opq").iterdir()) == ["x.py", "y.py"]
     assert (root / "srv/opq/x.py").read_text() == "x again\n"
@@ -203,3 +210,18 @@ def test_same_base_and_patches_give_the_same_digest_in_two_fresh_registries(regi
         found.append((digests["edge"], client.head_manifest(REPO, "apex")[0], built.layer.digest))
     assert found[0] == found[1]
 
+
+
+@pytest.mark.parametrize("oci", [False, True], ids=["docker-v2s2", "oci"])
+def test_the_base_manifest_family_is_kept(registry_factory, tmp_path, oci):
+    client = RegistryClient(registry_factory("family").address, tls="http")
+    base = push_image(client, REPO, "base", [tar_layer(BOTTOM), tar_layer(MIDDLE), tar_layer(TOP)], oci=oci)
+    built = build_native(client, LayerCache(client), REPO, base.digest, "upstream/apex/edge:base",
+                         native(tmp_path, "top", (TOP_PATCH, "/", "top fix")))
+    manifest, original = built.manifest.json(), base.json()
+    assert built.manifest.media_type == base.media_type
+    assert manifest["config"]["mediaType"] == original["config"]["mediaType"]
+    assert manifest["layers"][:-1] == original["layers"]
+    assert manifest["layers"][-1]["mediaType"] == original["layers"][-1]["mediaType"]
+    # Docker v2 schema 2 has no annotations; OCI gets the base's digest and name there too.
+    assert manifest.get("annotations", {}).get(BASE_DIGEST_LABEL) == (base.digest if oci else None)
