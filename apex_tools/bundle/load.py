@@ -171,7 +171,7 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
 # A tar's small blobs are read ahead into memory and sent by a pool, at most this many bytes
 # at once (so memory stays flat in the bundle's size); larger ones stream from the tar.
 SMALL_BLOB = 4 << 20
-IN_FLIGHT = 64 << 20
+IN_FLIGHT = 16 << 20
 
 
 def _stream_in_order(reader: DirReader | TarReader, needed: list[tuple[str, int]], take: Callable[[Entry], None],

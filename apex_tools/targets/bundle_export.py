@@ -18,6 +18,7 @@ from typing import Any
 from apex_tools.bundle.export import (
     DISK_IMAGE,
     WORK_FILE,
+    BundlePlan,
     FileItem,
     ImageItem,
     bundle_ref,
@@ -140,6 +141,28 @@ def _settings(run: RunContext) -> dict[str, Any]:
     return data
 
 
+def _todo(run: RunContext, plan: BundlePlan, path: Path | None, tar: Path | None) -> list[tuple[str, int]] | None:
+    """The blobs the destination lacks; None when it holds exactly this bundle already."""
+    if path is not None:
+        todo = [(d, s) for d, s in plan.blobs if not DirWriter.present(path, d, s)]
+        same = (path / BUNDLE_FILE).is_file() and (path / BUNDLE_FILE).read_bytes() == plan.bytes
+        return None if same and not todo and not run.force else todo
+    assert tar is not None
+    record = run.state.load(TARGET)
+    done = record.data.get("tars", {}).get(str(tar)) if record else None
+    current = done == [plan.id, tar.stat().st_size if tar.is_file() else -1]
+    return None if current and not run.force else list(plan.blobs)
+
+
+def _summary(plan: BundlePlan, rebuilt: int, base: tuple[dict[str, Any], str] | None) -> str:
+    document = plan.document
+    text = (f"{len(document['images'])} images ({rebuilt} rebuilt), {len(document['files'])} files, "
+            f"{len(plan.blobs)} blobs ({human_size(sum(s for _, s in plan.blobs))})")
+    if base:
+        text += f"; {len(document['base_contents'])} blobs left to the base bundle {base[1]}"
+    return text
+
+
 def bundle_export(run: RunContext, path: Path | None = None, tar: Path | None = None,
                   since: Path | None = None) -> TargetResult:
     """Plan the bundle from upstream's manifests and the caches; write what the destination lacks."""
@@ -161,27 +184,15 @@ def bundle_export(run: RunContext, path: Path | None = None, tar: Path | None = 
     header = {"os_version": run.os_version, "settings": _settings(run), "patches": identities}
     plan = plan_bundle(items, _disk_images(run) + patch_files, clients, header, base)
     where = str(path if path is not None else tar)
-    size = sum(s for _, s in plan.blobs)
-    summary = (f"{len(items)} images ({len(items) - len(images)} rebuilt), {len(plan.document['files'])} files, {len(plan.blobs)} blobs "
-               f"({human_size(size)})" + (f"; {len(plan.document['base_contents'])} blobs left to the base "
-                                          f"bundle {base[1]}" if base else ""))
     rows = [Item(i.ref, "in the bundle", i.manifest.digest) for i in items]
-
-    if path is not None:
-        todo = [(d, s) for d, s in plan.blobs if not DirWriter.present(path, d, s)]
-        same = (path / BUNDLE_FILE).is_file() and (path / BUNDLE_FILE).read_bytes() == plan.bytes
-        if same and not todo and not run.force:
-            return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date: {where} holds bundle {plan.id}"], rows)
-    else:
-        record = run.state.load(TARGET)
-        done = record.data.get("tars", {}).get(str(tar)) if record else None
-        todo = plan.blobs
-        if done and done == [plan.id, tar.stat().st_size if tar.is_file() else -1] and not run.force:
-            return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date: {where} holds bundle {plan.id}"], rows)
+    todo = _todo(run, plan, path, tar)
+    if todo is None:
+        return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date: {where} holds bundle {plan.id}"], rows)
+    summary = _summary(plan, len(items) - len(images), base)
     if run.dry_run:
-        return TargetResult(TARGET, Status.PLANNED, [f"write bundle to {where}: {summary}",
-                                                     f"write {len(todo)} blobs ({human_size(sum(s for _, s in todo))})"],
-                            rows)
+        return TargetResult(TARGET, Status.PLANNED, [
+            f"write bundle to {where}: {summary}", f"write {len(todo)} blobs ({human_size(sum(s for _, s in todo))})"],
+            rows)
 
     with run.progress(f"exporting to {where}", sum(s for _, s in todo)) as progress:
         if path is not None:
