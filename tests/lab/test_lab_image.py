@@ -65,14 +65,20 @@ def _deploy_lab(image: str, root: Path, env: dict[str, str], socket: bool = True
     return {row["target"]: row for doc in json_documents(out) for row in doc}
 
 
+def _tool_image(request: pytest.FixtureRequest) -> str:
+    """The session's tool image (built once), or a skip (a failure in CI) naming what is missing."""
+    need(shutil.which("docker") is not None, "the docker command line (Debian package docker.io)")
+    try:
+        return str(request.getfixturevalue("tool_image"))
+    except pytest.FixtureLookupError:
+        need(False, "the shared tool_image fixture (tests/conftest.py, tests/image_support.py)")
+        raise
+
+
 @pytest.mark.slow
 def test_image_runs_the_lab_twice(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                                   docker_client: Any) -> None:
-    need(shutil.which("docker") is not None, "the docker command line (Debian package docker.io)")
-    try:
-        image = request.getfixturevalue("tool_image")
-    except pytest.FixtureLookupError:
-        need(False, "the shared tool_image fixture (tests/conftest.py, tests/image_support.py)")
+    image = _tool_image(request)
     root = tmp_path_factory.mktemp("lab-image")
     env = lab_env(root)
     try:
@@ -107,11 +113,7 @@ def test_image_runs_the_lab_without_the_docker_socket(request: pytest.FixtureReq
                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
     """README's ``docker run apex-tools deploy --lab`` line: no socket; the nova images are rebuilt
     natively and the stand-ins and registries run in the container, ending with it."""
-    need(shutil.which("docker") is not None, "the docker command line (Debian package docker.io)")
-    try:
-        image = request.getfixturevalue("tool_image")
-    except pytest.FixtureLookupError:
-        need(False, "the shared tool_image fixture (tests/conftest.py, tests/image_support.py)")
+    image = _tool_image(request)
     root = tmp_path_factory.mktemp("lab-image-no-socket")
     rows = _deploy_lab(image, root, lab_env(root), socket=False)
     for name in CHAIN:
