@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Config, Context, task
@@ -77,6 +78,7 @@ def run_targets(
     flags: dict[str, Any] | None = None,
     layers: Sequence[Layer] = (),
     recreate: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[TargetResult]:
     """Run ``names`` in order under the work-dir lock, stop at the first failure, print the summary."""
     try:
@@ -92,7 +94,7 @@ def run_targets(
     # A dry run touches nothing, not even the log file or the lock.
     out = Output(verbose, quiet, None if dry_run else options.work_dir / "apex.log")
     run.progress = out.progress
-    targets = registry()
+    targets = {**registry(), **(extra or {})}
     results: list[TargetResult] = []
     error: ApexError | None = None
     bug: Exception | None = None
@@ -134,11 +136,15 @@ def run_targets(
     return results
 
 
-@task(help=_help(no_fetch="Use the cached images only; never contact upstream."))
+OFFLINE_HELP = "Disconnected: read only the cache, the work dir and the local registry (implies --no-fetch)."
+
+
+@task(help=_help(no_fetch="Use the cached images only; never contact upstream.", offline=OFFLINE_HELP))
 def fetch_images(
     c: Context,
     force: bool = False,
     no_fetch: bool = False,
+    offline: bool = False,
     dry_run: bool = False,
     verbose: bool = False,
     quiet: bool = False,
@@ -146,7 +152,7 @@ def fetch_images(
 ) -> None:
     """Download the upstream RDO images when upstream changed, cached per OpenStack version."""
     run_targets(c, ["fetch-images"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
-                flags={"no_fetch": no_fetch or None})
+                flags={"no_fetch": no_fetch or None, "offline": offline or None})
 
 
 @task(help=_help(recreate="libvirt: destroy, undefine and rebuild an undercloud VM whose definition changed "
@@ -160,14 +166,15 @@ def undercloud(
                 recreate=recreate)
 
 
-@task(help=_help(no_fetch="Use the cached Gerrit patches and upstream lookups only; never contact them."))
+@task(help=_help(no_fetch="Use the cached Gerrit patches and upstream lookups only; never contact them.",
+                 offline=OFFLINE_HELP))
 def patch_containers(
-    c: Context, force: bool = False, no_fetch: bool = False, dry_run: bool = False, verbose: bool = False,
-    quiet: bool = False, json: bool = False,
+    c: Context, force: bool = False, no_fetch: bool = False, offline: bool = False, dry_run: bool = False,
+    verbose: bool = False, quiet: bool = False, json: bool = False,
 ) -> None:
     """Sort overcloud patches; write a Dockerfile per image to rebuild and the patches archive."""
     run_targets(c, ["patch-containers"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
-                flags={"no_fetch": no_fetch or None})
+                flags={"no_fetch": no_fetch or None, "offline": offline or None})
 
 
 @task(help=_help())
@@ -179,13 +186,14 @@ def ceph_loop(
     run_targets(c, ["ceph-loop"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
 
 
-@task(help=_help())
+@task(help=_help(offline=OFFLINE_HELP))
 def push_registry(
-    c: Context, force: bool = False, dry_run: bool = False, verbose: bool = False, quiet: bool = False,
-    json: bool = False,
+    c: Context, force: bool = False, offline: bool = False, dry_run: bool = False, verbose: bool = False,
+    quiet: bool = False, json: bool = False,
 ) -> None:
     """Mirror the deployment's images to the local registry, rebuild patched ones as :apex."""
-    run_targets(c, ["push-registry"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json)
+    run_targets(c, ["push-registry"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                flags={"offline": offline or None})
 
 
 @task(help=_help(
@@ -193,11 +201,13 @@ def push_registry(
     dry_run="Print the whole chain's plan and touch nothing.",
     no_fetch="Use the cached images only; never contact upstream.",
     lab="The lab: use config/lab.yaml (as -f would) and bring the lab up first when it is not.",
+    offline=OFFLINE_HELP,
 ))
 def deploy(
     c: Context,
     force: bool = False,
     no_fetch: bool = False,
+    offline: bool = False,
     dry_run: bool = False,
     verbose: bool = False,
     quiet: bool = False,
@@ -212,7 +222,7 @@ def deploy(
     if lab and not dry_run:
         _lab_up(c, quiet=quiet, stream=sys.stderr if json else sys.stdout)
     run_targets(c, [*FLOW, "deploy"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
-                flags={"no_fetch": no_fetch or None}, layers=layers)
+                flags={"no_fetch": no_fetch or None, "offline": offline or None}, layers=layers)
 
 
 def _lab_layer() -> Layer:
@@ -326,10 +336,51 @@ def report(c: Context, json: bool = False) -> None:
     print((work_dir / PROVENANCE_FILE).read_text() if json else "\n".join(report_lines(data)), end="\n" * (not json))
 
 
+BUNDLE_HELP = {"path": "The bundle as a folder (an OCI image layout).", "tar": "The bundle as one tar file."}
+
+
+def _path(value: str) -> Path | None:
+    return Path(value).absolute() if value else None
+
+
+@task(name="export", help=_help(**BUNDLE_HELP, since="A bundle the other side already imported: write only "
+                                                     "what it lacks (a differential bundle)."))
+def bundle_export_task(
+    c: Context, path: str = "", tar: str = "", since: str = "", force: bool = False, dry_run: bool = False,
+    verbose: bool = False, quiet: bool = False, json: bool = False,
+) -> None:
+    """Write the deployment's images, disk images and patches into a bundle for a disconnected site.
+
+    Runs fetch-images and patch-containers first."""
+    from apex_tools.targets.bundle_export import bundle_export
+
+    def export(run: RunContext) -> TargetResult:
+        return bundle_export(run, _path(path), _path(tar), _path(since))
+
+    run_targets(c, ["fetch-images", "patch-containers", "bundle-export"], force=force, dry_run=dry_run,
+                verbose=verbose, quiet=quiet, json=json, extra={"bundle-export": export})
+
+
+@task(name="import", help=_help(**BUNDLE_HELP))
+def bundle_import_task(
+    c: Context, path: str = "", tar: str = "", force: bool = False, dry_run: bool = False, verbose: bool = False,
+    quiet: bool = False, json: bool = False,
+) -> None:
+    """Verify a bundle and load it (local registry, image cache, work dir) with no network."""
+    from apex_tools.targets.bundle_import import bundle_import
+
+    def load(run: RunContext) -> TargetResult:
+        return bundle_import(run, _path(path), _path(tar))
+
+    run_targets(c, ["bundle-import"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
+                extra={"bundle-import": load})
+
+
 lab_ns = Collection("lab", lab_up_task, lab_down_task)
+bundle_ns = Collection("bundle", bundle_export_task, bundle_import_task)
 ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config, report,
-                lab_ns)
+                lab_ns, bundle_ns)
 # Long flags only: automatic short flags differ from task to task and clash with core ones.
 ns.configure({"tasks": {"auto_dash_names": True}})
-for _task in [*ns.tasks.values(), *lab_ns.tasks.values()]:
+for _task in [*ns.tasks.values(), *lab_ns.tasks.values(), *bundle_ns.tasks.values()]:
     _task.auto_shortflags = False

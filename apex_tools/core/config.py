@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "jobs": 4,
     # Use cached artifacts only and never ask upstream (offline runs).
     "no_fetch": False,
+    # Disconnected: every target reads only the cache, the work dir and the local registry
+    # (filled by `apex bundle import`) and names what is missing; implies no_fetch.
+    "offline": False,
     # Seconds a run waits for another run holding the same work dir; 0 fails at once.
     "lock_timeout": 0,
     # fetch-images: which artifacts, how they are verified, how hard to try.
@@ -315,6 +318,7 @@ class Options(_Strict):
     builder_fallback: Literal["docker", "buildah"]
     jobs: int = Field(ge=1, le=64)
     no_fetch: bool
+    offline: bool
     lock_timeout: float = Field(ge=0)
     fetch: FetchOptions
     patching: PatchingOptions
@@ -322,6 +326,11 @@ class Options(_Strict):
     deploy: DeployOptions
     ceph: CephOptions
     signing: SigningOptions
+
+    @property
+    def cache_only(self) -> bool:
+        """Never ask upstream (``no_fetch``, or ``offline`` which implies it)."""
+        return self.no_fetch or self.offline
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,7 @@ def expected_os_error(exc: BaseException, where: object) -> ApexError | None:
         return None
     path = exc.filename or where
     return StateError(f"{path}: {exc.strerror or os.strerror(exc.errno)}", _EXPECTED_OS_ERRORS[exc.errno])
+
+
+class BundleError(ApexError):
+    """A disconnected bundle cannot be written, read or verified."""

@@ -17,6 +17,9 @@ PATCH_CONTAINERS = "patch-containers"
 CEPH_LOOP = "ceph-loop"
 PUSH_REGISTRY = "push-registry"
 DEPLOY = "deploy"
+# Not in the deploy chain: `apex bundle export` / `apex bundle import` (disconnected sites).
+BUNDLE_EXPORT = "bundle-export"
+BUNDLE_IMPORT = "bundle-import"
 
 # fetch-images → image_dir/<os_version>/
 OVERCLOUD_TAR = "overcloud-full.tar"
@@ -33,6 +36,10 @@ INSTALL_LOG = "apex-undercloud-install.log"
 CONTAINERS_DIR = "containers"
 PATCH_ARCHIVE = "docker_patches.tar.gz"
 IMAGE_PATCHES_DIR = "image_patches"
+
+# patch-containers' caches (work_dir/): Gerrit's answers and the upstream lookups, for no_fetch runs
+GERRIT_CACHE = "cache/gerrit"
+LOOKUPS_CACHE = "cache/upstream-lookups.json"
 
 # ceph-loop → work_dir/ (the customized copy keeps the upstream image's name)
 CUSTOM_IMAGE = OVERCLOUD_QCOW2

@@ -84,7 +84,7 @@ def fetch_images(run: RunContext, downloader: Downloader | None = None) -> Targe
     outputs: list[Path] = []
     for artifact, url, dest in wanted:
         try:
-            fetched = downloader.fetch(url, dest, pinned=_pinned(options, artifact), offline=options.no_fetch,
+            fetched = downloader.fetch(url, dest, pinned=_pinned(options, artifact), offline=options.cache_only,
                                        force=run.force)
             members, unpacked = [], False
             if artifact.is_tarball:
@@ -128,7 +128,7 @@ def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, 
     """What a real run would do, one line per action, touching nothing (a conditional HEAD at most)."""
     plan, items = [], []
     # One question to the upstream first: unreachable, it is said once, not once per artifact.
-    unreachable = None if run.options.no_fetch else downloader.unreachable(wanted[0][1])
+    unreachable = None if run.options.cache_only else downloader.unreachable(wanted[0][1])
     if unreachable is not None:
         host = urllib.parse.urlsplit(wanted[0][1]).netloc
         names = [artifact.name for artifact, _, _ in wanted]
@@ -137,7 +137,7 @@ def _plan(run: RunContext, downloader: Downloader, wanted: list[tuple[Artifact, 
         items = [Item(name, "planned", f"fetch from {url}") for name, (_, url, _) in zip(names, wanted)]
         return TargetResult(TARGET, Status.PLANNED, plan, items)
     for artifact, url, dest in wanted:
-        reason = downloader.plan(url, dest, offline=run.options.no_fetch, force=run.force)
+        reason = downloader.plan(url, dest, offline=run.options.cache_only, force=run.force)
         if reason is None and artifact.is_tarball:
             reason = unpack_reason(dest, dest.parent, cached_validators(dest), force=run.force)
         if reason:

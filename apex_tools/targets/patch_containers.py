@@ -55,7 +55,9 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, write_if_changed
 from apex_tools.core.workdir import (
     CONTAINERS_DIR,
+    GERRIT_CACHE,
     IMAGE_PATCHES_DIR,
+    LOOKUPS_CACHE,
     OVERCLOUD_TAR,
     PATCH_ARCHIVE,
     PATCH_CONTAINERS,
@@ -476,11 +478,11 @@ def patch_containers(
     """The patch-containers target (injectable upstream lookups for tests and other registries)."""
     opts = run.options
     work = opts.work_dir
-    gerrit = gerrit or GerritClient(opts.gerrit.url, work / "cache" / "gerrit", timeout=opts.gerrit.timeout,
-                                    tries=opts.gerrit.tries, offline=opts.no_fetch, write_cache=not run.dry_run)
-    lookups = CachedLookups(work / "cache" / "upstream-lookups.json", inspect or default_inspector(run),
+    gerrit = gerrit or GerritClient(opts.gerrit.url, work / GERRIT_CACHE, timeout=opts.gerrit.timeout,
+                                    tries=opts.gerrit.tries, offline=opts.cache_only, write_cache=not run.dry_run)
+    lookups = CachedLookups(work / LOOKUPS_CACHE, inspect or default_inspector(run),
                             artifact_time or (lambda url: http_last_modified(url, opts.gerrit.timeout)),
-                            offline=opts.no_fetch)
+                            offline=opts.cache_only)
     plan = make_plan(run, gerrit, lookups)
     fp = fingerprint({"files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(plan.files.items())},
                       "data": plan.data})

@@ -65,10 +65,12 @@ class _Head:
 
 
 def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs: int,
-           silent: dict[str, str]) -> list[_Head]:
+           silent: dict[str, str], offline: bool = False) -> list[_Head]:
     """Upstream and local manifest digests of every image (one HEAD each side, in parallel).
 
     Images of a ``silent`` upstream are not asked (each would wait through every retry).
+    ``offline``: upstream is never asked; the local digest stands for it (a bundle's images
+    keep upstream's digests).
     """
 
     def head(image: DeploymentImage) -> _Head:
@@ -76,6 +78,11 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
         if image.source.registry in silent:
             return found
         try:
+            if offline:
+                here = clients(image.target.registry).head_manifest(image.target.repository, image.target.reference)
+                found.upstream = found.local = here[0] if here else None
+                found.local_checked = True
+                return found
             up = clients(image.source.registry).head_manifest(image.source.repository, image.source.reference)
             found.upstream = up[0] if up else None
             if local_up:
@@ -158,12 +165,17 @@ def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tup
     images = deployment_images(load_catalog(run.os_version), run.deploy_settings, naming)
     # Through a forward the registry is the undercloud's: never one to start here.
     registry_action = plan_local_registry(local.host, local, options.registry.start and local.host == named)
-    asked = {host: clients(host).silence() for host in sorted({i.source.registry for i in images})}
+    offline = options.offline
+    asked = {} if offline else {host: clients(host).silence() for host in sorted({i.source.registry for i in images})}
     silent = {host: reason for host, reason in asked.items() if reason is not None}
     if silent and not run.dry_run:
         raise RegistryError("upstream registry " + ", ".join(f"{h} does not answer at /v2/ ({r})" for h, r in silent.items()),
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
-    heads = _heads(images, clients, registry_action is None, options.jobs, silent)
+    heads = _heads(images, clients, registry_action is None, options.jobs, silent, offline and registry_action is None)
+    missing = [str(h.image.target) for h in heads if offline and h.local is None]
+    if missing and not run.dry_run:
+        raise RegistryError(f"offline: {len(missing)} images are not in the local registry: {', '.join(missing)}",
+                            "import a bundle that holds them (apex bundle import), or run without --offline")
     record = run.state.load(PATCH_CONTAINERS)
     planned = record.data.get("rebuild") if record is not None else None
     rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
@@ -207,6 +219,10 @@ def push_registry(run: RunContext) -> TargetResult:
         naming = replace(naming_of(run), local_registry=reachable)
         clients = Clients(options, naming.local_registry)
         outputs = [work_dir / name for name in (*IMAGE_LISTS, PARAMETER_FILE)]
+        if options.offline and not run.dry_run:
+            # Offline the images are already in it (imported): it must answer before the check.
+            local = clients(reachable)
+            ensure_local_registry(local.host, work_dir, local, options.registry.start and local.host == run.registry_address)
         check, bases = _check(run, clients, naming, run.registry_address)
         if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
             return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
@@ -243,7 +259,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     engines = _Engines(options, check.insecure and local.host)
     report = apply_rebuilds(actions, local, engines, options.jobs) if actions else RebuildReport()
     done = {a.rebuild.image: a for a in report.done}
-    made: dict[tuple[str, str, str], int] = {}
+    made: dict[tuple[str, str], int] = {}
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
@@ -251,11 +267,10 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
             verb = "rebuilt" if action.action == BUILD else "retagged"
             items.append(Item(action.rebuild.target.repository, verb,
                               f"{action.rebuild.target} = {action.key.tag if action.key else ''} ({action.builder})"))
-            key = (verb, action.rebuild.target.tag or "", action.builder if verb == "rebuilt" else "")
+            key = (verb, action.rebuild.target.tag or "")
             made[key] = made.get(key, 0) + 1
     # Counted like the mirrored ones ("6 rebuilt as :apex"); each image is an item (--verbose).
-    changes += [f"{n} {verb} as :{tag}" + (f" ({builder})" if builder else "")
-                for (verb, tag, builder), n in sorted(made.items())]
+    changes += [f"{n} {verb} as :{tag}" for (verb, tag), n in sorted(made.items())]
     if report.layers_read:
         changes.append(f"native builds read {report.layers_read} layers ({report.bytes_read} bytes), "
                        f"uploaded {report.uploads} blobs")
