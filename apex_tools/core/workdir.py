@@ -28,6 +28,8 @@ OVERCLOUD_QCOW2 = "overcloud-full.qcow2"
 UNDERCLOUD_DIR = "undercloud"
 CONFIGURE_LOG = "configure_undercloud.log"
 INSTALL_LOG = "apex-undercloud-install.log"
+# The undercloud's SSH host key, recorded at first contact (unless undercloud.known_hosts is set)
+KNOWN_HOSTS = "known_hosts"
 
 # patch-containers → work_dir/
 CONTAINERS_DIR = "containers"

@@ -15,11 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sh
 
 from apex_tools.core.errors import ImageError
 from apex_tools.core.state import atomic_write
@@ -41,20 +42,31 @@ class GuestCommandError(ImageError):
         self.output = output
 
 
-def _tool(name: str) -> sh.Command:
+def _tool(name: str) -> str:
     """Resolve a command at call time (PATH may change between runs, tests wrap tools)."""
-    try:
-        return sh.Command(name)
-    except sh.CommandNotFound:
-        raise ImageError(f"{name}: command not found", LIBGUESTFS_HINT) from None
+    found = shutil.which(name)
+    if found is None:
+        raise ImageError(f"{name}: command not found", LIBGUESTFS_HINT)
+    return found
 
 
 @dataclass
 class Customization:
-    """An ordered batch of ``virt-customize`` operations, applied in one appliance launch."""
+    """An ordered batch of ``virt-customize`` operations, applied in one appliance launch.
+
+    Local paths are given relative to the image's folder, where virt-customize runs: its
+    ``LOCAL:REMOTE`` arguments split at a colon, which a work dir's path may hold.
+    """
 
     args: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    base: Path | None = None
+
+    def _local(self, path: Path) -> str:
+        if self.base is not None:
+            with contextlib.suppress(ValueError):
+                return str(Path(path).relative_to(self.base))
+        return str(path)
 
     def _add(self, option: str, value: str, step: str) -> Customization:
         self.args += [option, value]
@@ -67,12 +79,13 @@ class Customization:
 
     def upload(self, local: Path, remote: str, mode: int = 0o644) -> Customization:
         """Copy one file into the guest (``remote`` is the full file path) with ``mode``."""
-        self._add("--upload", f"{local}:{remote}", f"upload {remote}")
+        self._add("--upload", f"{self._local(local)}:{remote}", f"upload {remote}")
         return self._add("--chmod", f"{mode:04o}:{remote}", f"chmod {mode:04o} {remote}")
 
     def copy_in(self, local_dir: Path, remote_dir: str) -> Customization:
         """Copy a local folder (recursively) into ``remote_dir`` of the guest."""
-        return self._add("--copy-in", f"{local_dir}:{remote_dir}", f"copy {local_dir.name} into {remote_dir}")
+        return self._add("--copy-in", f"{self._local(local_dir)}:{remote_dir}",
+                         f"copy {local_dir.name} into {remote_dir}")
 
     def link(self, target: str, link: str) -> Customization:
         """Create the symbolic link ``link`` → ``target`` in the guest."""
@@ -94,35 +107,56 @@ def customize(image: Path, ops: Customization) -> str:
     """Apply ``ops`` to ``image`` in one ``virt-customize`` launch; return its output.
 
     A failure raises ``GuestCommandError`` carrying the full output (virt-customize dumps the
-    failed guest command's log to stderr), so callers can tell which step failed.
+    failed guest command's log to stderr), so callers can tell which step failed. It runs in
+    the image's folder (relative paths: see ``Customization``) and in a process group of its
+    own, which is ended with it (qemu included) when this call is interrupted (SIGTERM, SIGINT).
     """
     if not ops:
         return ""
-    argv = ["--no-network", "-a", str(image), *ops.args]
-    LOG.debug("virt-customize %s", " ".join(argv))
+    image = Path(image)
+    argv = [_tool("virt-customize"), "--no-network", "-a", image.name, *ops.args]
+    LOG.debug("virt-customize %s (in %s)", " ".join(argv[1:]), image.parent)
+    proc = subprocess.Popen(argv, cwd=image.parent, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        done = _tool("virt-customize")(*argv, _tty_out=False, _err_to_out=True)
-    except sh.ErrorReturnCode as exc:
-        output = exc.stdout.decode(errors="replace")
+        raw, _ = proc.communicate()
+    except BaseException:
+        end_group(proc)
+        raise
+    output = raw.decode(errors="replace")
+    if proc.returncode != 0:
         last = [line for line in output.splitlines() if "error" in line.lower()][-1:] or ["(no output)"]
         raise GuestCommandError(
             f"virt-customize of {image} failed: {last[0].strip()}",
             "see the log for the full output; " + LIBGUESTFS_HINT,
             output,
-        ) from None
-    LOG.debug("virt-customize output:\n%s", done)
-    return str(done)
+        )
+    LOG.debug("virt-customize output:\n%s", output)
+    return output
+
+
+def end_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s process group (it leads its own), SIGKILL after ``timeout``; reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what outlived its leader (the qemu appliance)
+    proc.wait()
 
 
 def sparse_copy(source: Path, dest: Path) -> None:
     """Copy ``source`` to ``dest`` keeping holes (and sharing extents where the filesystem can)."""
-    try:
-        _tool("cp")("--reflink=auto", "--sparse=auto", "--", str(source), str(dest), _tty_out=False)
-    except sh.ErrorReturnCode as exc:
+    done = subprocess.run([_tool("cp"), "--reflink=auto", "--sparse=auto", "--", str(source), str(dest)],
+                          stdin=subprocess.DEVNULL, capture_output=True)
+    if done.returncode != 0:
         raise ImageError(
-            f"cannot copy {source} to {dest}: {exc.stderr.decode(errors='replace').strip()}",
+            f"cannot copy {source} to {dest}: {done.stderr.decode(errors='replace').strip()}",
             f"check free space and permissions in {dest.parent}",
-        ) from None
+        )
 
 
 def sha256_file(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:

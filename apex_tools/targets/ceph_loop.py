@@ -16,7 +16,6 @@ import logging
 import os
 import posixpath
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +31,15 @@ from apex_tools.diskimage.customize import (
 )
 from apex_tools.core.errors import ImageError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
+from apex_tools.core.staging import staging_dir
 from apex_tools.core.state import fingerprint, fsync_path, write_if_changed
 from apex_tools.core.workdir import CEPH_LOOP, CUSTOM_IMAGE, IMAGE_PATCHES_DIR, STORAGE_ENV, overcloud_image
 
 LOG = logging.getLogger(__name__)
 
 TARGET = CEPH_LOOP
+# The staging folder's kind (work_dir/.ceph-loop.<pid>.<random>): swept when a killed run left one.
+STAGING = "ceph-loop"
 IMAGE_NAME = CUSTOM_IMAGE
 UNIT_NAME = "apex-ceph-loop.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -147,7 +149,7 @@ def _source_sha256(run: RunContext, source: Path) -> str:
 
 def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch], pdir: Path) -> Customization:
     """Every change to the image, in one batch (one appliance launch)."""
-    ops = Customization()
+    ops = Customization(base=stage)
     touched: list[str] = []
     if patches:
         guest = stage / posixpath.basename(GUEST_STAGE)
@@ -175,10 +177,7 @@ def _build_image(
     run: RunContext, source: Path, dest: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch]
 ) -> None:
     """Customize a copy of ``source`` and move it to ``dest`` only when every step succeeded."""
-    work = run.options.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work, prefix=".ceph-loop.") as tmp:
-        stage = Path(tmp)
+    with staging_dir(run.options.work_dir, STAGING) as stage:
         ops = _customization(stage, loop, patches, patches_dir(run))
         partial = stage / IMAGE_NAME
         sparse_copy(source, partial)

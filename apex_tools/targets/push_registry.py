@@ -28,7 +28,7 @@ from apex_tools.registry.deployment import (
     parameter_file,
     parameter_refs,
 )
-from apex_tools.registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror
+from apex_tools.registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror, failure_summary
 from apex_tools.registry.rebuild import (
     BUILD,
     CURRENT,
@@ -218,7 +218,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     if mirrored:
         changes.append(f"mirrored {len(mirrored)} images ({sum(r.bytes_sent for r in mirrored)} bytes sent)")
     if failed:
-        changes.append(f"{len(failed)} images failed to mirror; nothing rebuilt, no parameter file written")
+        changes.append(f"{failure_summary(results)}; nothing rebuilt, no parameter file written")
         return TargetResult(TARGET, Status.FAILED, changes, items)
 
     actions, fp = check.actions, check.fp
@@ -227,7 +227,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         bases.answering = True
         actions = plan_rebuilds(check.rebuilds, local, bases)
         fp = _fingerprint(check.heads, actions, check.insecure, check.named)
-    done = apply_rebuilds(actions, _builder(options, check.insecure and local.host), local) if actions else []
+    done = apply_rebuilds(actions, _builder(options, check.insecure and local.host, local), local) if actions else []
     for action in actions:
         if action.action == SKIP:
             items.append(Item(action.rebuild.target.repository, "skipped", action.reason))
@@ -242,8 +242,13 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     _check_present(refs, clients)
     named_images = [replace(i, target=i.target.with_registry(check.named)) for i in check.images]
     named_refs = {p: ref.with_registry(check.named) for p, ref in refs.items()}
-    files = {**image_lists(named_images), PARAMETER_FILE: parameter_file(named_refs, check.insecure)}
-    written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
+    creds = local.credentials
+    login = (check.named, creds.username, creds.password) if creds else None
+    files = {**image_lists(named_images), PARAMETER_FILE: parameter_file(named_refs, check.insecure, login)}
+    # The parameter file holds the registry password when there is one: private.
+    written = [path.name for path in outputs
+               if write_if_changed(path, files[path.name], mode=0o600 if login and path.name == PARAMETER_FILE
+                                   else 0o644)]
     if written:
         changes.append(f"wrote {', '.join(written)}")
     run.state.save(TARGET, fp, outputs=outputs, data={
@@ -279,10 +284,11 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
         return Mirror(clients, run.options.jobs, on_bytes=on_bytes, on_image=on_image).copy_all(jobs)
 
 
-def _builder(options: Options, insecure: str | None) -> Builder:
+def _builder(options: Options, insecure: str | None, local: RegistryClient) -> Builder:
     from apex_tools.builders import get_builder
 
-    return get_builder(options.builder, [insecure] if insecure else [])
+    credentials = {local.host: local.credentials} if local.credentials else {}
+    return get_builder(options.builder, [insecure] if insecure else [], credentials)
 
 
 def _check_present(refs: dict[str, ImageRef], clients: Clients) -> None:
