@@ -96,3 +96,17 @@ def sweep_stale(parents: Iterable[Path], kinds: Iterable[str]) -> list[str]:
             swept.append(f"removed {entry} (left by a killed run)"
                          + (f", ended {len(users)} process(es) using it" if users else ""))
     return swept
+
+
+def sweep_temp_files(folders: Iterable[Path]) -> list[str]:
+    """Remove the ``.<name>.<random>.tmp`` files an atomic write killed half-way left (``state.atomic_file``)
+    in ``folders``; one line per file. Call it holding the work dir's lock (nothing else writes there)."""
+    swept = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.glob(".*.tmp")):
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+                swept.append(f"removed {entry} (a write a killed run left unfinished)")
+    return swept

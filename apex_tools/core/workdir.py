@@ -10,6 +10,10 @@ from pathlib import Path
 
 from apex_tools.core.config import Options
 
+# work_dir/state: the targets' records (core/state.py); work_dir/registry: the local registry's files.
+STATE_DIR = "state"
+REGISTRY_DIR = "registry"
+
 # Target names, which are also their state-record names.
 FETCH_IMAGES = "fetch-images"
 UNDERCLOUD = "undercloud"

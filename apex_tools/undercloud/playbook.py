@@ -23,7 +23,7 @@ from typing import Any
 from apex_tools.core.resources import data_path
 from apex_tools.core.state import atomic_write
 from apex_tools.core.errors import UndercloudError
-from apex_tools.undercloud.ssh import SSHTarget
+from apex_tools.undercloud.ssh import SSHTarget, pin_host_key
 
 HOST = "undercloud"
 TAIL = 15
@@ -117,6 +117,8 @@ def run_playbook(
     """Run ``playbook`` on the undercloud; return its output, or raise ``PlaybookError``."""
     if shutil.which("ansible-playbook") is None:
         raise PlaybookError("ansible-playbook is not installed", "apt-get install ansible-core")
+    if ssh is not None:
+        pin_host_key(ssh)  # OpenSSH only checks: the first contact (paramiko) records the key
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
            "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "1", "PYTHONUNBUFFERED": "1",
            # Modules go through the SSH session's stdin, not a file copied over first: one

@@ -103,11 +103,30 @@ def forget_host_key(known_hosts: Path, host: str | None = None, port: int = 22) 
         return True
     name = SSHTarget(host, port, "", Path()).host_key_name
     lines = known_hosts.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if name not in (line.split() or [""])[0].split(",")]
+    kept = [line for line in lines if name not in _recorded_names_of(line)]
     if len(kept) == len(lines):
         return False
     atomic_write(known_hosts, "".join(kept), mode=0o600)
     return True
+
+
+def _recorded_names_of(line: str) -> list[str]:
+    """The host names of one known_hosts line (plain entries; a hashed one matches nothing)."""
+    return line.split()[0].split(",") if line.split() else []
+
+
+def _recorded_names(known_hosts: Path) -> set[str]:
+    """The host names of a known_hosts file's plain entries."""
+    lines = known_hosts.read_text().splitlines() if known_hosts.is_file() else []
+    return {name for line in lines for name in _recorded_names_of(line)}
+
+
+def pin_host_key(target: SSHTarget) -> None:
+    """Make the first contact (which records the host key) unless the key is already recorded,
+    so OpenSSH, which never records one, finds it (ansible's first playbook, ``ssh`` streams)."""
+    if target.pin and target.known_hosts is not None \
+            and target.host_key_name not in _recorded_names(target.known_hosts):
+        Session(target).close()
 
 
 def _host_key_error(target: SSHTarget, exc: paramiko.SSHException) -> UndercloudError:

@@ -116,3 +116,12 @@ def test_forget_drops_only_the_named_host(tmp_path):
     assert known.read_text() == "192.0.2.1 ssh-ed25519 AAAA2\n"
     assert not forget_host_key(known, "127.0.0.1", 2222)
     assert forget_host_key(known) and not known.exists()
+
+
+def test_a_playbook_as_first_contact_records_the_key_first(existing, tmp_path):
+    need(shutil.which("ansible-playbook") is not None, "ansible-playbook (Debian package ansible-core)")
+    fake, options, known = existing
+    playbook = tmp_path / "ping.yaml"
+    playbook.write_text(PING)
+    run_playbook(playbook, driver_for(options(), "127.0.0.1:1").ssh(), {}, tmp_path / "ping.log")
+    assert known.read_text().startswith(f"[127.0.0.1]:{fake.server.port} ssh-ed25519 ")
