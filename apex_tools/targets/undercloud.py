@@ -83,13 +83,13 @@ def _undercloud(run: RunContext) -> TargetResult:
         if driver.configures:
             plan.append(f"configure it with {PLAYBOOK} once it answers over SSH")
         return TargetResult(TARGET, Status.PLANNED, plan)
+    if provision.actions:
+        with run.progress(f"provisioning {driver.describe()}", None):
+            changes += driver.provision(provision, run.progress)
     if run.recreate and not run.dry_run and isinstance(driver, SSHUndercloud):
         # An undercloud rebuilt on purpose (any driver) is trusted again on its next first contact.
         if forgotten := driver.forget_host_key():
             changes.append(f"--recreate: forgot the undercloud's recorded SSH host key ({forgotten})")
-    if provision.actions:
-        with run.progress(f"provisioning {driver.describe()}", None):
-            changes += driver.provision(provision, run.progress)
     if not driver.configures:
         fp = fingerprint({"driver": driver.name, "registry": driver.registry_address})
         if record is not None and record.fingerprint == fp and not run.force:
