@@ -14,11 +14,11 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from apex_tools.core.processes import terminate
 
 LOG = logging.getLogger(__name__)
 
@@ -62,18 +62,6 @@ def users_of(folder: Path) -> list[int]:
     return found
 
 
-def _end(pids: list[int], timeout: float = 10.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) and Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def sweep_stale(parents: Iterable[Path], kinds: Iterable[str]) -> list[str]:
     """End the leftover processes of, and remove, every staging folder of ``kinds`` in ``parents``
     whose run is gone; one line per folder removed. Call it holding the work dir's lock."""
@@ -91,7 +79,8 @@ def sweep_stale(parents: Iterable[Path], kinds: Iterable[str]) -> list[str]:
             users = users_of(entry)
             if users:
                 LOG.warning("ending %d leftover process(es) of a killed run: %s", len(users), users)
-                _end(users)
+                for pid in users:
+                    terminate(pid)
             shutil.rmtree(entry, ignore_errors=True)
             swept.append(f"removed {entry} (left by a killed run)"
                          + (f", ended {len(users)} process(es) using it" if users else ""))
