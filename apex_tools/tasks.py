@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
 from apex_tools.overcloud.inventory import load_inventory, scale_of
-from apex_tools.targets import FLOW, registry
+from apex_tools.targets import FLOW, registry, sweep_leftovers
 
 if TYPE_CHECKING:
     from apex_tools.lab.stand import StandIn
@@ -60,6 +62,35 @@ COMMON_HELP = {
     "quiet": "Only warnings, errors and the summary.",
     "json": "Print the summary as JSON instead of a table.",
 }
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: unwinds the run (staging folders removed, children ended, lock released)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def ended_by_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``Stopped`` for the block, so cleanups run; exit 128+signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a caller elsewhere keeps its own
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except Stopped as exc:
+        raise Exit(f"apex: stopped by {signal.Signals(exc.signum).name}; the next run continues where this "
+                   "one stopped", code=128 + exc.signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _help(**extra: str) -> dict[str, str]:
@@ -100,7 +131,10 @@ def run_targets(
     bug: Exception | None = None
     lock = contextlib.nullcontext() if dry_run else work_dir_lock(options.work_dir, options.lock_timeout)
     try:
-        with lock:
+        with lock, ended_by_signals():
+            if not dry_run:
+                for line in sweep_leftovers(options):
+                    out.log.warning("%s", line)
             for name in names:
                 started = time.monotonic()
                 try:
@@ -131,8 +165,11 @@ def run_targets(
     if error is not None:
         out.log.debug("failure detail", exc_info=error)
         raise Exit(f"apex: {error}", code=EXIT_FAILED)
-    if any(r.failed for r in results):
-        raise Exit("apex: a target failed (see the summary above)", code=EXIT_FAILED)
+    failed = next((r for r in results if r.failed), None)
+    if failed is not None:
+        # The last line names what failed and why (its last change line), not just "see above".
+        what = failed.changes[-1].splitlines()[0] if failed.changes else "failed (see the summary above)"
+        raise Exit(f"apex: {failed.target}: {what}", code=EXIT_FAILED)
     return results
 
 

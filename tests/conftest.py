@@ -74,14 +74,14 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextlib.contextmanager
-def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` on a free 127.0.0.1 port in a thread; yields ``host:port``; stops after."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve_http(handler: type[http.server.BaseHTTPRequestHandler], host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``handler`` on a free port of ``host`` (loopback) in a thread; yields ``host:port``; stops after."""
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield f"{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -50,6 +50,17 @@ class SSHServer:
         """Start the prepared server and wait until it sends its banner."""
         self.procs.append(start_sshd(self))
 
+    def new_host_key(self) -> None:
+        """Stop the server, give it a new host key, start it again on the same port (a rebuilt
+        undercloud, or someone else answering on its address)."""
+        for proc in self.procs:
+            stop_process(proc)
+        self.procs.clear()
+        for old in (self.root / "host_ed25519", self.root / "host_ed25519.pub"):
+            old.unlink()
+        keygen(self.root / "host_ed25519")
+        self.start()
+
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A new passphrase-less key pair at ``path`` (and ``path.pub``)."""

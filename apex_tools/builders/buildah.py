@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import logging
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from apex_tools.core.errors import RegistryError
 from apex_tools.core.reference import ImageRef
 from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
+from apex_tools.registry.auth import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +24,24 @@ class BuildahBuilder(Builder):
 
     name = "buildah"
 
-    def __init__(self, insecure_registries: Sequence[str] = ()) -> None:
+    def __init__(self, insecure_registries: Sequence[str] = (),
+                 credentials: Mapping[str, Credentials] | None = None) -> None:
         self.insecure = set(insecure_registries)
+        self.credentials = dict(credentials or {})
         self._buildah: Any = None
+
+    @contextlib.contextmanager
+    def _authfile(self) -> Iterator[list[str]]:
+        """``--authfile`` of a private temporary file holding the credentials (never on the command line)."""
+        if not self.credentials:
+            yield []
+            return
+        auths = {host: {"auth": base64.b64encode(f"{c.username}:{c.password}".encode()).decode()}
+                 for host, c in self.credentials.items()}
+        with tempfile.TemporaryDirectory(prefix="apex-buildah-") as tmp:  # 0700
+            path = Path(tmp) / "auth.json"
+            path.write_text(json.dumps({"auths": auths}))
+            yield ["--authfile", str(path)]
 
     @property
     def buildah(self) -> Any:
@@ -47,7 +67,8 @@ class BuildahBuilder(Builder):
         for tag in tags:
             args += ["-t", tag]
         try:
-            output = str(self.buildah(*args, str(context)))
+            with self._authfile() as auth:
+                output = str(self.buildah(*args, *auth, str(context)))
         except sh.ErrorReturnCode as exc:
             lines = exc.stdout.decode(errors="replace").splitlines()
             log.debug("buildah bud %s failed:\n%s", context, "\n".join(lines))
@@ -64,8 +85,9 @@ class BuildahBuilder(Builder):
         with tempfile.TemporaryDirectory(prefix="apex-buildah-") as tmp:
             digestfile = Path(tmp) / "digest"
             try:
-                self.buildah("push", "--format", "v2s2", "--digestfile", str(digestfile), self._tls(ref), ref,
-                             f"docker://{ref}")
+                with self._authfile() as auth:
+                    self.buildah("push", "--format", "v2s2", "--digestfile", str(digestfile), self._tls(ref), *auth,
+                                 ref, f"docker://{ref}")
             except sh.ErrorReturnCode as exc:
                 output = exc.stdout.decode(errors="replace").strip()
                 raise RegistryError(f"pushing {ref} failed (buildah exit {exc.exit_code}): {output}",

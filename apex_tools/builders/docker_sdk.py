@@ -7,13 +7,14 @@ exception, so every line is checked here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from apex_tools.core.errors import RegistryError
 from apex_tools.core.reference import ImageRef
 from apex_tools.builders.base import Builder, EngineUnavailable, build_failure
+from apex_tools.registry.auth import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,13 @@ class DockerBuilder(Builder):
 
     name = "docker"
 
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, client: Any = None, credentials: Mapping[str, Credentials] | None = None) -> None:
         self._client = client
+        self.credentials = dict(credentials or {})
+
+    def _auth(self, registry: str) -> dict[str, str] | None:
+        found = self.credentials.get(registry)
+        return {"username": found.username, "password": found.password} if found else None
 
     @property
     def client(self) -> Any:
@@ -55,6 +61,10 @@ class DockerBuilder(Builder):
     def build(self, context: Path, tags: Sequence[str]) -> str:
         lines: list[str] = []
         image_id = ""
+        for registry in self.credentials:
+            # The build's base-image pulls: docker-py sends the client's auth configs with the build.
+            self.client.api._auth_configs.add_auth(registry, {**(self._auth(registry) or {}),
+                                                              "serveraddress": registry})
         stream = self.client.api.build(
             path=str(context), tag=tags[0], rm=True, forcerm=True, pull=True, network_mode="host", decode=True,
         )
@@ -78,7 +88,8 @@ class DockerBuilder(Builder):
 
     def push(self, ref: str) -> str:
         repository, tag = _split(ref)
-        stream: Iterable[dict[str, Any]] = self.client.api.push(repository, tag, stream=True, decode=True)
+        stream: Iterable[dict[str, Any]] = self.client.api.push(
+            repository, tag, stream=True, decode=True, auth_config=self._auth(ImageRef.parse(ref).registry))
         pushed = ""
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:

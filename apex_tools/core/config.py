@@ -110,6 +110,10 @@ DEFAULTS: dict[str, Any] = {
         "port": 22,
         # The private key the undercloud is reached with (libvirt: generated when missing).
         "ssh_key": "~/.ssh/id_rsa",
+        # An OpenSSH known_hosts file holding the undercloud's host key; "" = trust on first use:
+        # the key is recorded in work_dir/undercloud/known_hosts at first contact and required
+        # after (undercloud --recreate forgets it).
+        "known_hosts": "",
         # Seconds the target waits for the VM's lease and SSH before failing.
         "wait_timeout": 600.0,
         # Seconds configure_undercloud.yaml (with `openstack undercloud install`) may take.
@@ -256,6 +260,7 @@ class UndercloudOptions(_Strict):
     user: str = Field(pattern=_USER)
     port: int = Field(ge=1, le=65535)
     ssh_key: str
+    known_hosts: str
     wait_timeout: float = Field(gt=0)
     playbook_timeout: float = Field(gt=0)
     home: str = Field(pattern=r"^(/.*)?$")

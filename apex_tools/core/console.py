@@ -153,7 +153,9 @@ class Output:
                      else "yellow" if result.status.value == "ready" else None)
             lines = list(result.changes)
             # Counting items is news only when they did something else than the target did.
-            if not self.verbose and any(i.status != result.status.value for i in result.items):
+            # Failed items are always named (all of them failing is news too).
+            if not self.verbose and any(i.status != result.status.value or i.status == "failed"
+                                        for i in result.items):
                 lines.append(count_items(result.items))
             # Text cells, not markup: details such as "[/dev/sdb]" must print as they are.
             reason = Text("\n".join(lines) or "-") if self.verbose else self._two_lines(lines, room)

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from apex_tools.core.config import Options
 
+# work_dir/state: the targets' records (core/state.py); work_dir/registry: the local registry's files.
+STATE_DIR = "state"
+REGISTRY_DIR = "registry"
+
 # Target names, which are also their state-record names.
 FETCH_IMAGES = "fetch-images"
 UNDERCLOUD = "undercloud"
@@ -31,6 +35,8 @@ OVERCLOUD_QCOW2 = "overcloud-full.qcow2"
 UNDERCLOUD_DIR = "undercloud"
 CONFIGURE_LOG = "configure_undercloud.log"
 INSTALL_LOG = "apex-undercloud-install.log"
+# The undercloud's SSH host key, recorded at first contact (unless undercloud.known_hosts is set)
+KNOWN_HOSTS = "known_hosts"
 
 # patch-containers → work_dir/
 CONTAINERS_DIR = "containers"

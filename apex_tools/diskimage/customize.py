@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sh
-
 from apex_tools.core.errors import ImageError
 from apex_tools.core.state import atomic_write
 
@@ -55,20 +53,31 @@ class GuestCommandError(ImageError):
         self.output = output
 
 
-def _tool(name: str) -> sh.Command:
+def _tool(name: str) -> str:
     """Resolve a command at call time (PATH may change between runs, tests wrap tools)."""
-    try:
-        return sh.Command(name)
-    except sh.CommandNotFound:
-        raise ImageError(f"{name}: command not found", LIBGUESTFS_HINT) from None
+    found = shutil.which(name)
+    if found is None:
+        raise ImageError(f"{name}: command not found", LIBGUESTFS_HINT)
+    return found
 
 
 @dataclass
 class Customization:
-    """An ordered batch of ``virt-customize`` operations, applied in one appliance launch."""
+    """An ordered batch of ``virt-customize`` operations, applied in one appliance launch.
+
+    Local paths are given relative to the image's folder, where virt-customize runs: its
+    ``LOCAL:REMOTE`` arguments split at a colon, which a work dir's path may hold.
+    """
 
     args: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    base: Path | None = None
+
+    def _local(self, path: Path) -> str:
+        if self.base is not None:
+            with contextlib.suppress(ValueError):
+                return str(Path(path).relative_to(self.base))
+        return str(path)
 
     def _add(self, option: str, value: str, step: str) -> Customization:
         self.args += [option, value]
@@ -81,12 +90,13 @@ class Customization:
 
     def upload(self, local: Path, remote: str, mode: int = 0o644) -> Customization:
         """Copy one file into the guest (``remote`` is the full file path) with ``mode``."""
-        self._add("--upload", f"{local}:{remote}", f"upload {remote}")
+        self._add("--upload", f"{self._local(local)}:{remote}", f"upload {remote}")
         return self._add("--chmod", f"{mode:04o}:{remote}", f"chmod {mode:04o} {remote}")
 
     def copy_in(self, local_dir: Path, remote_dir: str) -> Customization:
         """Copy a local folder (recursively) into ``remote_dir`` of the guest."""
-        return self._add("--copy-in", f"{local_dir}:{remote_dir}", f"copy {local_dir.name} into {remote_dir}")
+        return self._add("--copy-in", f"{self._local(local_dir)}:{remote_dir}",
+                         f"copy {local_dir.name} into {remote_dir}")
 
     def link(self, target: str, link: str) -> Customization:
         """Create the symbolic link ``link`` → ``target`` in the guest."""
@@ -143,10 +153,14 @@ def _remember(memory: Path | None, backend: str, why: str) -> None:
         atomic_write(memory, json.dumps({"backend": backend, "why": why}, indent=2, sort_keys=True) + "\n")
 
 
-def _run_bounded(argv: list[str], env: dict[str, str], launch_timeout: float | None) -> tuple[int | None, str]:
-    """Run virt-customize; (exit code, output), or (None, output) when the launch outlived the bound."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+def _run_bounded(argv: list[str], env: dict[str, str], launch_timeout: float | None,
+                 cwd: Path) -> tuple[int | None, str]:
+    """Run virt-customize in ``cwd``; (exit code, output), or (None, output) when the launch outlived the bound.
+
+    It leads a process group of its own, ended with it (qemu included) when the bound passes or
+    this call is interrupted (SIGTERM, SIGINT)."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
     lines: list[str] = []
     launched = threading.Event()
 
@@ -162,10 +176,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], launch_timeout: float | N
         launched.set()  # end of output: nothing left to wait for
 
     def stop() -> None:
-        # virt-customize and its qemu run in their own session: stop them all.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        end_group(proc)
         reader.join()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -191,21 +202,20 @@ def customize(image: Path, ops: Customization, memory: Path | None = None,
     fails or hangs longer than ``kvm_launch_seconds`` is retried once under TCG. The backend that
     worked is written to ``memory``. A failure raises ``GuestCommandError`` carrying the full
     output (virt-customize dumps the failed guest command's log to stderr), so callers can tell
-    which step failed.
+    which step failed. It runs in the image's folder (relative paths: see ``Customization``, so a
+    path holding ``:`` works).
     """
     if not ops:
         return Launch("", TCG if _forced_tcg() else KVM)
-    tool = shutil.which("virt-customize")
-    if tool is None:
-        raise ImageError("virt-customize: command not found", LIBGUESTFS_HINT)
-    argv = [tool, "--no-network", "-a", str(image), *ops.args]
-    LOG.debug("virt-customize %s", " ".join(argv[1:]))
+    image = Path(image)
+    argv = [_tool("virt-customize"), "--no-network", "-a", image.name, *ops.args]
+    LOG.debug("virt-customize %s (in %s)", " ".join(argv[1:]), image.parent)
     fallback = ""
     if _forced_tcg() or remembered_backend(memory) == TCG:
         backend, env, bound = TCG, _tcg_env(), None
     else:
         backend, env, bound = KVM, dict(os.environ), kvm_launch_seconds
-        code, output = _run_bounded(argv, env, bound)
+        code, output = _run_bounded(argv, env, bound, image.parent)
         if code is None or (code != 0 and _LAUNCH_FAILED.search(output)):
             fallback = (f"the KVM launch hung for {bound:.0f} s" if code is None
                         else f"the KVM launch failed ({_last_error(output)})")
@@ -213,7 +223,7 @@ def customize(image: Path, ops: Customization, memory: Path | None = None,
             LOG.debug("virt-customize output (KVM):\n%s", output)
             backend, env = TCG, _tcg_env()
     if backend == TCG:
-        code, output = _run_bounded(argv, env, None)
+        code, output = _run_bounded(argv, env, None, image.parent)
     if code != 0:
         tried = "under KVM and then TCG" if fallback else f"under {backend.upper()}"
         launch = bool(_LAUNCH_FAILED.search(output))
@@ -232,15 +242,28 @@ def _last_error(output: str) -> str:
     return last[0].strip()
 
 
+def end_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s process group (it leads its own), SIGKILL after ``timeout``; reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what outlived its leader (the qemu appliance)
+    proc.wait()
+
+
 def sparse_copy(source: Path, dest: Path) -> None:
     """Copy ``source`` to ``dest`` keeping holes (and sharing extents where the filesystem can)."""
-    try:
-        _tool("cp")("--reflink=auto", "--sparse=auto", "--", str(source), str(dest), _tty_out=False)
-    except sh.ErrorReturnCode as exc:
+    done = subprocess.run([_tool("cp"), "--reflink=auto", "--sparse=auto", "--", str(source), str(dest)],
+                          stdin=subprocess.DEVNULL, capture_output=True)
+    if done.returncode != 0:
         raise ImageError(
-            f"cannot copy {source} to {dest}: {exc.stderr.decode(errors='replace').strip()}",
+            f"cannot copy {source} to {dest}: {done.stderr.decode(errors='replace').strip()}",
             f"check free space and permissions in {dest.parent}",
-        ) from None
+        )
 
 
 def sha256_file(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:

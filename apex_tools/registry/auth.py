@@ -7,6 +7,7 @@ never logged (``Credentials.__repr__`` hides the password).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -69,6 +71,31 @@ def docker_config_credentials(host: str, path: Path | None = None) -> Credential
             return Credentials(user, password)
         if entry.get("username"):
             return Credentials(entry["username"], entry.get("password", ""))
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_credentials(url: str, registry: str, plain_ok: bool) -> str | None:
+    """Why the registry's credentials may not go to ``url`` (None: they may).
+
+    Only to the registry's own host or an https token realm; over plain HTTP only to loopback,
+    unless ``plain_ok`` (the section's ``insecure``) says so.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    own = host == urlsplit(f"//{registry}").hostname
+    if not own and parts.scheme != "https":
+        return f"{url} is neither the registry's own host nor an https address"
+    if parts.scheme != "https" and not _loopback(host) and not plain_ok:
+        return f"{url} is plain HTTP to another machine"
     return None
 
 

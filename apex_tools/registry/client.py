@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 from apex_tools.core.errors import RegistryError
 from apex_tools.http.download import why
 from apex_tools.http.retry import MAX_WAIT, retry_after
-from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token
+from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token, refuse_credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
 INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 CHUNK = 1 << 20
+# A registry that refuses connections (or drops them) is retried this long, then given up on
+# for the rest of the run: every later request fails at once with the same cause.
+GIVE_UP = 8.0
+# Connecting to a registry on the local network takes milliseconds; reads may take long.
+CONNECT_TIMEOUT = 5.0
 
 
 class RegistryHTTPError(RegistryError):
@@ -53,8 +58,11 @@ class RegistryHTTPError(RegistryError):
         reference: str = "",
         status: int | None = None,
         retryable: bool = False,
+        cause: str = "",
     ) -> None:
         super().__init__(message, hint)
+        # What went wrong in a few words, without the registry and image the message names.
+        self.cause = cause or message
         self.registry = registry
         self.repository = repository
         self.reference = reference
@@ -148,6 +156,7 @@ class RegistryClient:
         backoff: float = 0.5,
         timeout: float = 60.0,
         pool: int = 32,
+        plain_credentials: bool = False,
     ) -> None:
         if tls not in TLS_MODES:
             raise RegistryError(f"registry {host}: unknown TLS mode {tls!r}", f"use one of {', '.join(TLS_MODES)}")
@@ -156,11 +165,15 @@ class RegistryClient:
         self.base = f"{'http' if tls == 'http' else 'https'}://{host}"
         self.verify = tls == "verify"
         self.credentials = credentials
+        # Credentials may cross the network in clear text (the section's ``insecure``); loopback always may.
+        self.plain_credentials = plain_credentials
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
         self.tokens = TokenCache()
         self._basic = False
+        # Why this registry was given up on (None: it answers, as far as we know).
+        self.down: str | None = None
         if session is None:
             session = requests.Session()
             # The environment is read once here, not on every request (requests' trust_env scans
@@ -180,7 +193,9 @@ class RegistryClient:
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _auth_header(self, scope: str) -> dict[str, str]:
+    def _auth_header(self, scope: str, url: str) -> dict[str, str]:
+        if not url.startswith(self.base + "/"):
+            return {}  # a Location naming another place gets neither password nor token
         if self._basic and self.credentials:
             return {"Authorization": self.credentials.basic_header()}
         token = self.tokens.get(scope)
@@ -192,9 +207,12 @@ class RegistryClient:
         if challenge.scheme == "basic":
             if not self.credentials or self._basic:
                 return False
+            self._refuse_credentials(self.base + "/v2/", where)
             self._basic = True
             return True
         if challenge.scheme == "bearer" and "realm" in challenge.params:
+            if self.credentials is not None:
+                self._refuse_credentials(challenge.params["realm"], where)
             self.tokens.forget(scope)
             try:
                 token, expires = fetch_token(
@@ -210,14 +228,22 @@ class RegistryClient:
             return True
         return False
 
+    def _refuse_credentials(self, url: str, where: dict[str, str]) -> None:
+        """Raise when the credentials may not be sent to ``url`` (see ``auth.refuse_credentials``)."""
+        why = refuse_credentials(url, self.host, self.plain_credentials)
+        if why is not None:
+            raise self._error(f"refusing to send the registry credentials: {why}",
+                              "use TLS for this registry (its tls: verify), or set its insecure: true to allow "
+                              "credentials over plain HTTP", 401, **where)
+
     def _error(self, what: str, hint: str, status: int | None, repository: str = "", reference: str = "",
                retryable: bool = False) -> RegistryHTTPError:
         target = f"{self.host}/{repository}" if repository else self.host
         if reference:
             target += f"@{reference}" if reference.startswith("sha256:") else f":{reference}"
         return RegistryHTTPError(
-            f"registry {target}: {what}", hint,
-            registry=self.host, repository=repository, reference=reference, status=status, retryable=retryable,
+            f"registry {target}: {what}", hint, registry=self.host, repository=repository, reference=reference,
+            status=status, retryable=retryable, cause=what,
         )
 
     def request(
@@ -239,12 +265,16 @@ class RegistryClient:
         headers = dict(kwargs.pop("headers", {}) or {})
         reauthenticated = False
         attempt = 0
+        started = time.monotonic()
         while True:
             attempt += 1
+            if self.down is not None:
+                raise self._error(self.down, "check that the registry is running and reachable", None,
+                                  retryable=True, **where)
             try:
                 response = self.session.request(
-                    method, url, data=data, headers={**headers, **self._auth_header(scope)},
-                    verify=self._verify, timeout=self.timeout, **kwargs,
+                    method, url, data=data, headers={**headers, **self._auth_header(scope, url)},
+                    verify=self._verify, timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout), **kwargs,
                 )
             except requests.exceptions.SSLError as exc:
                 raise self._error(
@@ -252,13 +282,14 @@ class RegistryClient:
                     None, **where,
                 ) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                if replayable and attempt <= self.retries:
-                    self._sleep(attempt, None, f"{method} {url}: {exc.__class__.__name__}")
+                cause = why(exc).lower()
+                if replayable and attempt <= self.retries and time.monotonic() - started < GIVE_UP:
+                    self._sleep(attempt, None, f"{method} {url}: {cause}", started + GIVE_UP)
                     continue
-                raise self._error(
-                    f"cannot connect or the connection broke ({exc.__class__.__name__}: {exc})",
-                    "check that the registry is running and reachable", None, retryable=True, **where,
-                ) from None
+                if replayable or isinstance(exc, requests.exceptions.ConnectTimeout) or "refused" in cause:
+                    self.down = cause  # retried for GIVE_UP seconds, or nothing listens: given up on
+                raise self._error(cause, "check that the registry is running and reachable", None, retryable=True,
+                                  **where) from None
             except requests.RequestException as exc:
                 raise self._error(f"{method} failed: {exc.__class__.__name__}: {exc}", "see the registry's log",
                                   None, **where) from None
@@ -295,11 +326,14 @@ class RegistryClient:
         return self._error(f"{method} failed: HTTP {status} {detail}".rstrip(), hint, status, retryable=retryable,
                            **where)
 
-    def _sleep(self, attempt: int, response: requests.Response | None, why: str) -> None:
+    def _sleep(self, attempt: int, response: requests.Response | None, why: str,
+               deadline: float | None = None) -> None:
         wait = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
         asked = retry_after(response) if response is not None else None
         if asked is not None:
             wait = min(asked, MAX_WAIT)
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
         log.debug("retrying in %.1fs (attempt %d): %s", wait, attempt, why)
         time.sleep(wait)
 
@@ -316,7 +350,10 @@ class RegistryClient:
         except requests.RequestException as exc:
             return why(exc)
         with response:
-            return None if response.status_code in (200, 401) else f"/v2/ answered HTTP {response.status_code}"
+            if response.status_code in (200, 401):
+                self.down = None  # it answers (again): no longer given up on
+                return None
+            return f"/v2/ answered HTTP {response.status_code}"
 
     @staticmethod
     def _scope(repository: str, push: bool = False) -> str:

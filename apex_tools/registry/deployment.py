@@ -98,9 +98,16 @@ def parameter_refs(images: Sequence[DeploymentImage], rebuilt: Iterable[str]) ->
     return params
 
 
-def parameter_file(refs: Mapping[str, ImageRef], insecure_registry: str | None) -> str:
-    """``docker-images.yaml``: ``parameter_defaults`` with one entry per image parameter."""
+def parameter_file(refs: Mapping[str, ImageRef], insecure_registry: str | None,
+                   login: tuple[str, str, str] | None = None) -> str:
+    """``docker-images.yaml``: ``parameter_defaults`` with one entry per image parameter;
+    ``login`` (registry, user, password) makes the nodes log in to the registry (TripleO's
+    ``ContainerImageRegistryLogin``/``Credentials``)."""
     defaults: dict[str, object] = {name: str(ref) for name, ref in refs.items()}
     if insecure_registry:
         defaults["DockerInsecureRegistryAddress"] = [insecure_registry]
+    if login:
+        registry, user, password = login
+        defaults["ContainerImageRegistryLogin"] = True
+        defaults["ContainerImageRegistryCredentials"] = {registry: {user: password}}
     return _dump({"parameter_defaults": defaults})

@@ -25,6 +25,7 @@ import requests
 
 from apex_tools.core.errors import ApexError
 from apex_tools.core.reference import ImageRef
+from apex_tools.http.download import why
 from apex_tools.registry.client import Manifest, RegistryClient, RegistryHTTPError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,25 @@ class MirrorStats:
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+
+def failure_summary(results: Sequence[CopyResult], named: int = 3) -> str:
+    """One line naming what failed: how many, each registry and root cause, the first few images.
+
+    "6 of 6 images failed: registry 127.0.0.1:5000: connection refused (svc0, svc1, svc2 and 3 more)"
+    """
+    failed = [r for r in results if r.status == FAILED]
+    groups: dict[str, list[str]] = {}
+    for result in failed:
+        error = result.error
+        if isinstance(error, RegistryHTTPError):
+            key = f"registry {error.registry}: {error.cause.splitlines()[0]}"
+        else:
+            key = result.detail
+        groups.setdefault(key, []).append(result.job.target.repository.rsplit("/", 1)[-1])
+    parts = [f"{why} ({', '.join(names[:named])}{f' and {len(names) - named} more' if len(names) > named else ''})"
+             for why, names in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+    return f"{len(failed)} of {len(results)} images failed: " + "; ".join(parts)
 
 
 ClientFor = Callable[[str], RegistryClient]
@@ -295,10 +315,11 @@ class Mirror:
                 if not retryable or attempt >= self.blob_attempts:
                     if isinstance(exc, RegistryHTTPError):
                         raise
+                    cause = f"reading the blob failed: {why(exc).lower()}"
                     raise RegistryHTTPError(
-                        f"registry {src.host}/{src_repo}@{digest}: reading the blob failed: {exc}",
-                        "the upstream connection broke; retry the run",
-                        registry=src.host, repository=src_repo, reference=digest, retryable=True,
+                        f"registry {src.host}/{src_repo}@{digest}: {cause}", "the upstream connection broke; retry "
+                        "the run", registry=src.host, repository=src_repo, reference=digest, retryable=True,
+                        cause=cause,
                     ) from None
                 log.warning("blob %s → %s/%s failed (attempt %d of %d), retrying: %s", digest[:19], dst.host,
                             dst_repo, attempt, self.blob_attempts, getattr(exc, "message", exc))

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,8 @@ import jinja2
 from apex_tools.core.errors import RegistryError
 from apex_tools.core.processes import running_pid, terminate
 from apex_tools.core.resources import data_path
-from apex_tools.core.state import write_if_changed
+from apex_tools.core.state import atomic_write, write_if_changed
+from apex_tools.registry.auth import Credentials
 from apex_tools.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -85,14 +87,46 @@ def paths(work_dir: Path) -> dict[str, Path]:
     """Where the local registry keeps its configuration, data, log and pid."""
     root = Path(work_dir) / "registry"
     return {"root": root, "config": root / "config.yml", "storage": root / "data", "log": root / "registry.log",
-            "pid": root / "registry.pid"}
+            "pid": root / "registry.pid", "secret": root / "http.secret", "htpasswd": root / "htpasswd"}
 
 
-def render_config(address: str, storage: Path) -> str:
-    """``registry/config.yml`` filled for ``address`` and ``storage``."""
+def render_config(address: str, storage: Path, secret: str = "", htpasswd: Path | None = None) -> str:
+    """``registry/config.yml`` filled for ``address``, ``storage``, the ``http.secret`` and the
+    htpasswd file (None: no auth)."""
     template = data_path("registry", "config.yml").read_text()
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    return env.from_string(template).render(address=address, storage=str(storage))
+    return env.from_string(template).render(address=address, storage=str(storage),
+                                            secret=secret or secrets.token_hex(32), htpasswd=htpasswd or "")
+
+
+def http_secret(work_dir: Path) -> str:
+    """The work dir's registry ``http.secret``: random, made once, kept 0600."""
+    path = paths(work_dir)["secret"]
+    with contextlib.suppress(FileNotFoundError):
+        if value := path.read_text().strip():
+            path.chmod(0o600)
+            return value
+    value = secrets.token_hex(32)
+    atomic_write(path, value + "\n", mode=0o600)
+    return value
+
+
+def write_htpasswd(path: Path, credentials: Credentials) -> bool:
+    """``user:bcrypt`` for the registry's htpasswd auth (0600); kept when it already matches; True when written."""
+    import bcrypt
+
+    user = credentials.username
+    if ":" in user or "\n" in user:
+        raise RegistryError("registry.username may not hold ':' or a line break", "pick another user name")
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        name, _, hashed = path.read_text().strip().partition(":")
+        # A fresh salt makes every hash differ: a file that still verifies is left as it is.
+        if name == user and bcrypt.checkpw(credentials.password.encode(), hashed.encode()):
+            path.chmod(0o600)
+            return False
+    hashed = bcrypt.hashpw(credentials.password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    atomic_write(path, f"{user}:{hashed}\n", mode=0o600)
+    return True
 
 
 def plan_local_registry(address: str, client: RegistryClient, start: bool) -> str | None:
@@ -128,7 +162,13 @@ def ensure_local_registry(address: str, work_dir: Path, client: RegistryClient, 
                             "apt-get install docker-registry")
     where = paths(work_dir)
     where["storage"].mkdir(parents=True, exist_ok=True)
-    write_if_changed(where["config"], render_config(address, where["storage"]))
+    auth = None
+    if client.credentials is not None:
+        write_htpasswd(where["htpasswd"], client.credentials)
+        auth = where["htpasswd"]
+    config = render_config(address, where["storage"], http_secret(work_dir), auth)
+    write_if_changed(where["config"], config, mode=0o600)
+    where["config"].chmod(0o600)  # it holds the secret, even when an older run wrote it 0644
     own = own_container()
     if own is not None and _engine_answers():
         proc: subprocess.Popen[bytes] | _Beside = _Beside(own, binary, where, address)

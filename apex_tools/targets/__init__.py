@@ -10,8 +10,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from pathlib import Path
+
+from apex_tools.core.config import Options
 from apex_tools.core.errors import NotBuiltError
 from apex_tools.core.run import RunContext, Status, TargetResult
+from apex_tools.core.staging import sweep_stale, sweep_temp_files
+from apex_tools.core.workdir import REGISTRY_DIR, STATE_DIR, UNDERCLOUD_DIR
 from apex_tools.core.workdir import CEPH_LOOP, DEPLOY, FETCH_IMAGES, PATCH_CONTAINERS, PUSH_REGISTRY, UNDERCLOUD
 
 TargetFn = Callable[[RunContext], TargetResult]
@@ -51,3 +56,13 @@ def registry() -> dict[str, TargetFn]:
         module = importlib.import_module(module_name(name))
         table[name] = getattr(module, name.replace("-", "_"))
     return table
+
+
+def sweep_leftovers(options: Options) -> list[str]:
+    """Remove the staging folders (and end the processes) a killed run of the targets left:
+    ceph-loop's in the work dir, the undercloud volume's in the pool; and the unfinished atomic
+    writes in the work dir. Call it under the run lock."""
+    work = Path(options.work_dir)
+    # The kinds are the targets' own (their modules' STAGING); named here so no target is imported.
+    return (sweep_stale([work], ["ceph-loop"]) + sweep_stale([Path(options.undercloud.pool_path)], ["undercloud"])
+            + sweep_temp_files([work, work / STATE_DIR, work / UNDERCLOUD_DIR, work / REGISTRY_DIR]))

@@ -16,7 +16,6 @@ import logging
 import os
 import posixpath
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from apex_tools.diskimage.customize import (
 )
 from apex_tools.core.errors import ImageError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
+from apex_tools.core.staging import staging_dir
 from apex_tools.core.state import fingerprint, fsync_path, write_if_changed
 from apex_tools.core.workdir import (
     CEPH_LOOP,
@@ -49,6 +49,8 @@ from apex_tools.trust.provenance import update_provenance
 LOG = logging.getLogger(__name__)
 
 TARGET = CEPH_LOOP
+# The staging folder's kind (work_dir/.ceph-loop.<pid>.<random>): swept when a killed run left one.
+STAGING = "ceph-loop"
 IMAGE_NAME = CUSTOM_IMAGE
 UNIT_NAME = "apex-ceph-loop.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -159,7 +161,7 @@ def _source_sha256(run: RunContext, source: Path) -> str:
 def _customization(stage: Path, loop: LoopDevice | None, patches: list[image_patches.ImagePatch], pdir: Path,
                    trust: dict[str, bytes]) -> Customization:
     """Every change to the image, in one batch (one appliance launch)."""
-    ops = Customization()
+    ops = Customization(base=stage)
     touched: list[str] = []
     # The containers policy requiring this deployment's signatures on its registry (trust/node.py).
     for n, (guest_path, content) in enumerate(sorted(trust.items())):
@@ -197,10 +199,7 @@ def _build_image(
     """Customize a copy of ``source`` and move it to ``dest`` only when every step succeeded.
 
     Returns a line for the summary when libguestfs had to fall back to TCG, else ""."""
-    work = run.options.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work, prefix=".ceph-loop.") as tmp:
-        stage = Path(tmp)
+    with staging_dir(run.options.work_dir, STAGING) as stage:
         ops = _customization(stage, loop, patches, patches_dir(run), trust)
         partial = stage / IMAGE_NAME
         sparse_copy(source, partial)
@@ -208,7 +207,7 @@ def _build_image(
         if ops:
             with run.progress(f"customizing {IMAGE_NAME} ({len(ops.steps)} steps, one launch)", None):
                 try:
-                    note = customize(partial, ops, memory=work / LIBGUESTFS_MEMORY).note()
+                    note = customize(partial, ops, memory=run.options.work_dir / LIBGUESTFS_MEMORY).note()
                 except GuestCommandError as exc:
                     LOG.debug("virt-customize output:\n%s", exc.output)
                     raise image_patches.failure(exc.output, patches, IMAGE_NAME) or exc from None

@@ -28,7 +28,7 @@ from apex_tools.registry.deployment import (
     parameter_file,
     parameter_refs,
 )
-from apex_tools.registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror
+from apex_tools.registry.mirror import ALREADY_THERE, FAILED, CopyJob, CopyResult, Mirror, failure_summary
 from apex_tools.registry.rebuild import (
     BUILD,
     CURRENT,
@@ -247,7 +247,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     if mirrored:
         changes.append(f"mirrored {len(mirrored)} images ({sum(r.bytes_sent for r in mirrored)} bytes sent)")
     if failed:
-        changes.append(f"{len(failed)} images failed to mirror; nothing rebuilt, no parameter file written")
+        changes.append(f"{failure_summary(results)}; nothing rebuilt, no parameter file written")
         return TargetResult(TARGET, Status.FAILED, changes, items)
 
     actions, fp = check.actions, check.fp
@@ -256,7 +256,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         bases.answering = True
         actions = plan_rebuilds(check.rebuilds, local, bases, options.builder, options.builder_fallback)
         fp = _fingerprint(check.heads, actions, check.insecure, check.named, check.signing)
-    engines = _Engines(options, check.insecure and local.host)
+    engines = _Engines(options, check.insecure and local.host, local)
     report = apply_rebuilds(actions, local, engines, options.jobs) if actions else RebuildReport()
     done = {a.rebuild.image: a for a in report.done}
     made: dict[tuple[str, str], int] = {}
@@ -284,8 +284,13 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     _check_present(refs, clients)
     named_images = [replace(i, target=i.target.with_registry(check.named)) for i in check.images]
     named_refs = {p: ref.with_registry(check.named) for p, ref in refs.items()}
-    files = {**image_lists(named_images), PARAMETER_FILE: parameter_file(named_refs, check.insecure)}
-    written = [path.name for path in outputs if write_if_changed(path, files[path.name])]
+    creds = local.credentials
+    login = (check.named, creds.username, creds.password) if creds else None
+    files = {**image_lists(named_images), PARAMETER_FILE: parameter_file(named_refs, check.insecure, login)}
+    # The parameter file holds the registry password when there is one: private.
+    written = [path.name for path in outputs
+               if write_if_changed(path, files[path.name], mode=0o600 if login and path.name == PARAMETER_FILE
+                                   else 0o644)]
     if written:
         changes.append(f"wrote {', '.join(written)}")
     rebuilds = _rebuild_records(run, actions, done, check.named)
@@ -329,15 +334,17 @@ def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyR
 class _Engines:
     """Engine builders by name, made on first use (a native-only run never contacts an engine)."""
 
-    def __init__(self, options: Options, insecure: str | None) -> None:
+    def __init__(self, options: Options, insecure: str | None, local: RegistryClient) -> None:
         self.insecure = [insecure] if insecure else []
+        # The local registry's credentials (registry.username/password) for the engines' pushes.
+        self.credentials = {local.host: local.credentials} if local.credentials else {}
         self.made: dict[str, Builder] = {}
 
     def __call__(self, name: str) -> Builder:
         if name not in self.made:
             from apex_tools.builders import get_builder
 
-            self.made[name] = get_builder(name, self.insecure)
+            self.made[name] = get_builder(name, self.insecure, self.credentials)
         return self.made[name]
 
 

@@ -19,7 +19,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.settings import NetworkSettings
 from apex_tools.core.state import fingerprint
 from apex_tools.core.workdir import CONFIGURE_LOG, INSTALL_LOG, UNDERCLOUD, UNDERCLOUD_DIR
-from apex_tools.undercloud.base import Undercloud
+from apex_tools.undercloud.base import SSHUndercloud, Undercloud
 from apex_tools.undercloud.drivers import driver_for
 from apex_tools.trust.node import node_files
 from apex_tools.undercloud.playbook import playbook_path
@@ -90,6 +90,10 @@ def _undercloud(run: RunContext) -> TargetResult:
     if provision.actions:
         with run.progress(f"provisioning {driver.describe()}", None):
             changes += driver.provision(provision, run.progress)
+    if run.recreate and not run.dry_run and isinstance(driver, SSHUndercloud):
+        # An undercloud rebuilt on purpose (any driver) is trusted again on its next first contact.
+        if forgotten := driver.forget_host_key():
+            changes.append(f"--recreate: forgot the undercloud's recorded SSH host key ({forgotten})")
     if not driver.configures:
         fp = fingerprint({"driver": driver.name, "registry": driver.registry_address})
         if record is not None and record.fingerprint == fp and not run.force:

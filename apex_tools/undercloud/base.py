@@ -16,7 +16,16 @@ from apex_tools.core.config import Options
 from apex_tools.core.errors import UndercloudError
 from apex_tools.registry.server import is_local_address, split_address
 from apex_tools.undercloud.playbook import playbook_path, run_playbook
-from apex_tools.undercloud.ssh import CommandResult, Forward, Session, SSHTarget, local_forward, wait_for_ssh
+from apex_tools.core.workdir import KNOWN_HOSTS, UNDERCLOUD_DIR
+from apex_tools.undercloud.ssh import (
+    CommandResult,
+    Forward,
+    Session,
+    SSHTarget,
+    forget_host_key,
+    local_forward,
+    wait_for_ssh,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -159,8 +168,27 @@ class Undercloud(ABC):
         return run_playbook(playbook_path(name), self.ssh(), extra_vars, log_path, timeout=timeout)
 
 
+def known_hosts_file(options: Options) -> tuple[Path, bool]:
+    """Where the undercloud's host key is checked, and whether first contact records it there:
+    ``undercloud.known_hosts`` as given (never written), else the work dir's (pinned)."""
+    if options.undercloud.known_hosts:
+        return Path(options.undercloud.known_hosts).expanduser(), False
+    return Path(options.work_dir) / UNDERCLOUD_DIR / KNOWN_HOSTS, True
+
+
 class SSHUndercloud(Undercloud):
     """An undercloud reached over SSH: checks SSH, sudo, ``openstack`` and the heat templates."""
+
+    def ssh_target(self, host: str, key: Path) -> SSHTarget:
+        """The SSH connection to ``host`` with the configured port and user, checking its host key."""
+        path, pin = known_hosts_file(self.options)
+        return SSHTarget(host, self.options.undercloud.port, self.options.undercloud.user, key, path, pin)
+
+    def forget_host_key(self) -> Path | None:
+        """Forget the host key recorded at first contact (a rebuilt undercloud has a new one);
+        the file when one was forgotten. A configured ``undercloud.known_hosts`` is never touched."""
+        path, pin = known_hosts_file(self.options)
+        return path if pin and forget_host_key(path) else None
 
     def check(self) -> list[Lack]:
         uc = self.options.undercloud

@@ -17,4 +17,4 @@ class ExistingUndercloud(SSHUndercloud):
         if not uc.host:
             raise UndercloudError("undercloud.host is empty (the existing driver needs it)",
                                   "set undercloud.host to the undercloud's address (APEX_UNDERCLOUD_HOST)")
-        return SSHTarget(uc.host, uc.port, uc.user, require_key(uc.key_path))
+        return self.ssh_target(uc.host, require_key(uc.key_path))

@@ -10,10 +10,10 @@ import logging
 import os
 import posixpath
 import subprocess
-import tempfile
 from pathlib import Path
 
 from apex_tools.core.errors import ImageError
+from apex_tools.core.staging import staging_dir
 from apex_tools.core.state import fsync_path
 from apex_tools.core.workdir import IMAGE_PATCHES_DIR, LIBGUESTFS_MEMORY
 from apex_tools.diskimage.customize import Customization, GuestCommandError, customize, sparse_copy
@@ -23,6 +23,8 @@ from apex_tools.core.render_safety import checked
 LOG = logging.getLogger(__name__)
 
 GUEST_STAGE = "/tmp/apex-tools-undercloud"
+# The staging folder's kind (<pool_path>/.undercloud.<pid>.<random>): swept when a killed run left one.
+STAGING = "undercloud"
 
 # Grow the root filesystem of a partition-less image (RDO's are XFS on /dev/sda); a partitioned
 # image keeps its layout (growing a partition is cloud-init's job, which is off: the space stays free).
@@ -81,8 +83,7 @@ def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, wo
     pdir = Path(work_dir) / IMAGE_PATCHES_DIR / "undercloud"
     patches = image_patches.load_manifest(pdir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".undercloud.") as tmp:
-        stage = Path(tmp)
+    with staging_dir(dest.parent, STAGING) as stage:
         partial = stage / dest.name
         sparse_copy(source, partial)
         wanted = disk_size_bytes(disk_size)
@@ -92,7 +93,7 @@ def prepare_image(source: Path, dest: Path, public_key: Path, disk_size: str, wo
         guest.mkdir()
         (guest / "authorized_keys").write_text(public_key.read_text())
         (guest / "auth.sh").write_text(auth_script(user))
-        ops = Customization()
+        ops = Customization(base=stage)
         ops.run_command(GROW_FS, f"grow the root filesystem to {disk_size}")
         if patches:
             for patch in patches:

@@ -300,6 +300,8 @@ class LibvirtUndercloud(SSHUndercloud):
                     dom.undefine()
                 self.volume_path().unlink(missing_ok=True)
                 changes.append(f"destroyed and undefined domain {name}, removed {self.volume_path()}")
+                if forgotten := self.forget_host_key():  # the new VM has a new host key
+                    changes.append(f"forgot its recorded SSH host key ({forgotten})")
             elif step == "volume":
                 changes.append(self.prepare_volume(bool(plan.data.get("partitioned"))))
                 plan.data["image_inputs"] = self.image_inputs()  # the key may have been generated just now
@@ -407,4 +409,4 @@ class LibvirtUndercloud(SSHUndercloud):
         host = uc.host or self._address
         if host is None:
             host = self._address = self.lease_address(uc.wait_timeout)
-        return SSHTarget(host, uc.port, uc.user, uc.key_path)
+        return self.ssh_target(host, uc.key_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 from apex_tools.core.resources import data_path
 from apex_tools.core.state import atomic_write
 from apex_tools.core.errors import UndercloudError
-from apex_tools.undercloud.ssh import SSHTarget
+from apex_tools.undercloud.ssh import SSHTarget, pin_host_key
 
 HOST = "undercloud"
 TAIL = 15
@@ -62,9 +63,8 @@ def inventory(ssh: SSHTarget | None) -> dict[str, Any]:
             "ansible_port": ssh.port,
             "ansible_user": ssh.user,
             "ansible_ssh_private_key_file": str(ssh.key),
-            # The driver has already checked the host; the undercloud's key may change on rebuild.
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                                       "-o BatchMode=yes -o LogLevel=ERROR",
+            # The host key pinned by the driver's first contact (paramiko), checked again by OpenSSH.
+            "ansible_ssh_common_args": shlex.join([*ssh.openssh_options(), "-o", "LogLevel=ERROR"]),
         }
     return {"all": {"hosts": {HOST: host}}}
 
@@ -99,6 +99,13 @@ def _message_lines(body: str) -> list[str]:
     return lines[-TAIL:] or [body]
 
 
+def _end_masters(folder: Path) -> None:
+    """Ask each SSH master connection (ControlPersist) under ``folder`` to exit."""
+    for socket_path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", HOST], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=10, check=False)
+
+
 def run_playbook(
     playbook: Path,
     ssh: SSHTarget | None,
@@ -110,12 +117,17 @@ def run_playbook(
     """Run ``playbook`` on the undercloud; return its output, or raise ``PlaybookError``."""
     if shutil.which("ansible-playbook") is None:
         raise PlaybookError("ansible-playbook is not installed", "apt-get install ansible-core")
+    if ssh is not None:
+        pin_host_key(ssh)  # OpenSSH only checks: the first contact (paramiko) records the key
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_STDOUT_CALLBACK": "default",
-           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "0", "PYTHONUNBUFFERED": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_HOST_KEY_CHECKING": "1", "PYTHONUNBUFFERED": "1",
            # Modules go through the SSH session's stdin, not a file copied over first: one
            # connection a task instead of three (the undercloud's sudoers has no requiretty).
            "ANSIBLE_PIPELINING": "1"}
     with tempfile.TemporaryDirectory(prefix="apex-ansible-") as tmp:
+        # The run's own SSH master connections (tasks share one), ended with it: a master kept
+        # from an earlier run would carry a later one past the host key check, and outlive us.
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(Path(tmp) / "cp")
         inv = Path(tmp) / "inventory.json"
         inv.write_text(json.dumps(inventory(ssh)))
         evars = Path(tmp) / "vars.json"
@@ -130,6 +142,8 @@ def run_playbook(
             atomic_write(log_path, out.encode())
             raise PlaybookError(f"playbook {playbook.name} did not finish within {timeout:.0f} s",
                                 f"read {log_path}") from None
+        finally:
+            _end_masters(Path(tmp) / "cp")
     atomic_write(log_path, done.stdout.encode())
     if done.returncode == 0:
         return done.stdout

@@ -8,7 +8,9 @@ and output come back without a shell in between, and a local forward lives in th
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import select
 import socket
@@ -21,6 +23,7 @@ from pathlib import Path
 import paramiko
 
 from apex_tools.core.errors import UndercloudError
+from apex_tools.core.state import atomic_write
 
 LOG = logging.getLogger(__name__)
 
@@ -30,15 +33,116 @@ ATTEMPT_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class SSHTarget:
-    """Host, port, user and private key of an SSH connection to the undercloud."""
+    """Host, port, user and private key of an SSH connection to the undercloud.
+
+    ``known_hosts`` is the OpenSSH-format file the server's host key is checked against (None:
+    the user's ``~/.ssh/known_hosts`` only); with ``pin`` an unknown host's key is recorded there
+    on first contact (trust on first use), else an unknown key is refused.
+    """
 
     host: str
     port: int
     user: str
     key: Path
+    known_hosts: Path | None = None
+    pin: bool = False
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def host_key_name(self) -> str:
+        """The host's name in a known_hosts file (OpenSSH's and paramiko's ``[host]:port`` rule)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def openssh_options(self) -> list[str]:
+        """``-o`` options making OpenSSH check the host key as paramiko does (never ask, never add)."""
+        files = str(self.known_hosts) if self.known_hosts else "~/.ssh/known_hosts"
+        return ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={files}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
+
+
+class HostKeyUnknown(paramiko.SSHException):
+    """The server's host key is in no known_hosts file and may not be recorded."""
+
+
+def key_fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's form: ``ED25519 SHA256:<base64>`` (what ``ssh-keygen -lf`` prints)."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    kind = key.get_name().removeprefix("ssh-").split("-")[0].upper()
+    return f"{kind} SHA256:{digest}"
+
+
+class _PinFirstKey(paramiko.MissingHostKeyPolicy):
+    """Record an unknown host's key in the target's known_hosts (pin), or refuse it."""
+
+    def __init__(self, target: SSHTarget) -> None:
+        self.target = target
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        path = self.target.known_hosts
+        if not self.target.pin or path is None:
+            raise HostKeyUnknown(f"{hostname} offered host key {key_fingerprint(key)}, which "
+                                 f"{path or '~/.ssh/known_hosts'} does not hold")
+        have = path.read_text() if path.is_file() else ""
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, have + ("\n" if have and not have.endswith("\n") else "") + line, mode=0o600)
+        LOG.warning("SSH %s: first contact, recorded its host key %s in %s", hostname, key_fingerprint(key), path)
+
+
+def forget_host_key(known_hosts: Path, host: str | None = None, port: int = 22) -> bool:
+    """Drop the recorded key of ``host:port`` (every key when ``host`` is None); True when one was dropped.
+
+    For a rebuilt undercloud (``undercloud --recreate``): its next contact is a first contact again.
+    """
+    if not known_hosts.is_file():
+        return False
+    if host is None:
+        known_hosts.unlink()
+        return True
+    name = SSHTarget(host, port, "", Path()).host_key_name
+    lines = known_hosts.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if name not in _recorded_names_of(line)]
+    if len(kept) == len(lines):
+        return False
+    atomic_write(known_hosts, "".join(kept), mode=0o600)
+    return True
+
+
+def _recorded_names_of(line: str) -> list[str]:
+    """The host names of one known_hosts line (plain entries; a hashed one matches nothing)."""
+    return line.split()[0].split(",") if line.split() else []
+
+
+def _recorded_names(known_hosts: Path) -> set[str]:
+    """The host names of a known_hosts file's plain entries."""
+    lines = known_hosts.read_text().splitlines() if known_hosts.is_file() else []
+    return {name for line in lines for name in _recorded_names_of(line)}
+
+
+def pin_host_key(target: SSHTarget) -> None:
+    """Make the first contact (which records the host key) unless the key is already recorded,
+    so OpenSSH, which never records one, finds it (ansible's first playbook, ``ssh`` streams)."""
+    if target.pin and target.known_hosts is not None \
+            and target.host_key_name not in _recorded_names(target.known_hosts):
+        Session(target).close()
+
+
+def _host_key_error(target: SSHTarget, exc: paramiko.SSHException) -> UndercloudError:
+    """A changed or unknown host key, with both fingerprints and what to do."""
+    where = target.known_hosts or "~/.ssh/known_hosts"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return UndercloudError(
+            f"SSH {target}: the host key changed: {where} holds {key_fingerprint(exc.expected_key)} for "
+            f"{target.host_key_name}, the server offered {key_fingerprint(exc.key)} (someone may be "
+            "intercepting the connection, or the undercloud was rebuilt)",
+            "if the undercloud was rebuilt on purpose, run `apex undercloud --recreate` (forgets the recorded key) "
+            f"or `ssh-keygen -R '{target.host_key_name}' -f {where}`; otherwise do not connect and find out why")
+    return UndercloudError(f"SSH {target}: unknown host key: {exc}",
+                           f"add the undercloud's key to {where} (ssh-keyscan -p {target.port} {target.host}, "
+                           "checked against the undercloud's own), or clear undercloud.known_hosts to trust it "
+                           "on first use")
 
 
 @dataclass(frozen=True)
@@ -76,8 +180,13 @@ def load_key(path: Path) -> paramiko.PKey:
 def connect(target: SSHTarget, timeout: float = ATTEMPT_TIMEOUT) -> paramiko.SSHClient:
     """One connection attempt; raises paramiko/socket errors (``wait_for_ssh`` translates them)."""
     client = paramiko.SSHClient()
-    # The undercloud's host key changes when it is rebuilt; it is reached on our own network.
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    # The host key is checked against the target's file (recorded there on first contact when
+    # pinning): whoever else answers on the undercloud's address gets no password nor key.
+    if target.known_hosts is not None and target.known_hosts.is_file():
+        client.load_host_keys(str(target.known_hosts))
+    elif target.known_hosts is None:
+        client.load_system_host_keys()
+    client.set_missing_host_key_policy(_PinFirstKey(target))
     try:
         client.connect(target.host, port=target.port, username=target.user, pkey=load_key(target.key),
                        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
@@ -125,6 +234,8 @@ def wait_for_ssh(
         left = deadline - time.monotonic()
         try:
             client = connect(target, timeout=max(0.5, min(ATTEMPT_TIMEOUT, left)))
+        except (paramiko.BadHostKeyException, HostKeyUnknown) as exc:
+            raise _host_key_error(target, exc) from None  # final: waiting does not change a key
         except paramiko.AuthenticationException:
             raise UndercloudError(f"SSH {target}: the server refuses key {target.key}",
                                   f"put the public key of {target.key} in {target.user}'s authorized_keys") from None
@@ -167,6 +278,8 @@ class Session:
         self.target = target
         try:
             self.client = connect(target)
+        except (paramiko.BadHostKeyException, HostKeyUnknown) as exc:
+            raise _host_key_error(target, exc) from None
         except paramiko.AuthenticationException:
             raise UndercloudError(f"SSH {target}: the server refuses key {target.key}",
                                   f"put the public key of {target.key} in {target.user}'s authorized_keys") from None

@@ -275,6 +275,7 @@ def test_define_start_up_to_date_changed_and_recreate(base_image, sshd, registry
     recreated = undercloud(run(memory=4096, recreate=True))
     assert recreated.status is Status.CHANGED
     assert recreated.changes[0].startswith("destroyed and undefined domain uc-test")
+    assert recreated.changes[1].startswith("forgot its recorded SSH host key")  # a new VM, a new key
     assert "<memory unit='KiB'>4194304</memory>" in test_libvirt.lookupByName("uc-test").XMLDesc(0)
     assert undercloud(run(memory=4096)).status is Status.UP_TO_DATE
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,8 @@ from ssh_support import keygen, run_sshd, sshd  # noqa: F401 (fixture)
 
 
 def target_of(server) -> SSHTarget:
-    return SSHTarget(server.host, server.port, server.user, server.key)
+    # Trust on first use, in a file of the server's test folder.
+    return SSHTarget(server.host, server.port, server.user, server.key, server.root / "known_hosts", pin=True)
 
 
 def test_wait_returns_once_ssh_true_succeeds(sshd):
@@ -52,7 +54,7 @@ def test_a_refused_key_fails_at_once(sshd, tmp_path):
     other = keygen(tmp_path / "other")
     started = time.monotonic()
     with pytest.raises(UndercloudError, match="refuses key") as err:
-        wait_for_ssh(SSHTarget(sshd.host, sshd.port, sshd.user, other), timeout=30)
+        wait_for_ssh(replace(target_of(sshd), key=other), timeout=30)
     assert time.monotonic() - started < 10
     assert "authorized_keys" in err.value.hint
 
