@@ -27,7 +27,7 @@ class ApexConfig(Config):
 
 
 # Sub-collections whose tasks may also be named with a space: ``apex lab up`` = ``apex lab.up``.
-SPACED = {"lab": ("up", "down")}
+SPACED = {"lab": ("up", "down", "status")}
 
 
 def join_spaced(argv: list[str]) -> list[str]:
