@@ -114,7 +114,8 @@ def test_the_vm_lab_boots_configures_reruns_recreates_and_goes_down(tmp_path: Pa
         assert "--recreate" in said
         # --recreate: destroyed, undefined, rebuilt, booted and configured again.
         rebuilt = rows_of(scripts_apex(["deploy", "--lab", "--vm", "--recreate", "--json"], changed).stdout)
-        assert any(c.startswith("--recreate: destroy") for c in rebuilt["undercloud"]["changes"]), rebuilt["undercloud"]
+        assert rebuilt["undercloud"]["changes"][0].startswith(f"destroyed and undefined domain {name}"), rebuilt
+        assert any("volume was prepared just now" in c for c in rebuilt["undercloud"]["changes"]), rebuilt
         assert rebuilt["deploy"]["status"] in ("ready", "up to date"), rebuilt["deploy"]
         assert len(qemu_pids(name)) == 1
         assert "<memory unit='KiB'>1179648" in subprocess.run(
