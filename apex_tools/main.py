@@ -73,7 +73,7 @@ class ApexConfig(Config):
 
 
 # Sub-collections whose tasks may also be named with a space: ``apex lab up`` = ``apex lab.up``.
-SPACED = {"lab": ("up", "down"), "bundle": ("export", "import")}
+SPACED = {"lab": ("up", "down", "status"), "bundle": ("export", "import")}
 
 
 def join_spaced(argv: list[str]) -> list[str]:

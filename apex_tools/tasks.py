@@ -239,6 +239,8 @@ def push_registry(
     no_fetch="Use the cached images only; never contact upstream.",
     lab="The lab: use config/lab.yaml (as -f would) and bring the lab up first when it is not.",
     offline=OFFLINE_HELP,
+    vm="With --lab: the undercloud is a qemu VM on this machine (config/lab-vm.yaml; libvirt driver).",
+    recreate="libvirt: destroy, undefine and rebuild an undercloud VM whose definition changed.",
 ))
 def deploy(
     c: Context,
@@ -250,30 +252,39 @@ def deploy(
     quiet: bool = False,
     json: bool = False,
     lab: bool = False,
+    vm: bool = False,
+    recreate: bool = False,
 ) -> None:
     """Run every target in order (each at most once), then deploy the overcloud."""
-    try:
-        layers = [_lab_layer()] if lab else []
-    except ApexError as exc:
-        raise Exit(f"apex: {exc}", code=2) from None
+    if vm and not lab:
+        raise Exit("apex: --vm goes with --lab (the VM lab)", code=EXIT_SETTINGS)
+    layers = _lab_layers(c, vm) if lab else []
     if lab and not dry_run:
-        _lab_up(c, quiet=quiet, stream=sys.stderr if json else sys.stdout)
+        _lab_up(c, quiet=quiet, stream=sys.stderr if json else sys.stdout, vm=vm)
     run_targets(c, [*FLOW, "deploy"], force=force, dry_run=dry_run, verbose=verbose, quiet=quiet, json=json,
-                flags={"no_fetch": no_fetch or None, "offline": offline or None}, layers=layers)
+                flags={"no_fetch": no_fetch or None, "offline": offline or None}, layers=layers, recreate=recreate)
 
 
-def _lab_layer() -> Layer:
+def _lab_layers(c: Context, vm: bool = False) -> list[Layer]:
+    """config/lab.yaml, and for the VM lab config/lab-vm.yaml and the keys derived from the work dir."""
     # Imported here: the lab's library is only loaded by the lab's tasks.
-    from apex_tools.lab.stand import lab_layer
+    from apex_tools.lab.stand import lab_layer, vm_derived_layer, vm_layer
 
-    return lab_layer()
-
-
-def _lab_options(c: Context) -> Any:
     try:
-        return options_from(c.config, os.environ, extra=[_lab_layer()]).options
+        layers = [lab_layer()]
+        if vm:
+            layers.append(vm_layer())
+            layers.append(vm_derived_layer(options_from(c.config, os.environ, extra=layers).options))
     except ApexError as exc:
-        raise Exit(f"apex: {exc}", code=2) from None
+        raise Exit(f"apex: {exc}", code=EXIT_SETTINGS) from None
+    return layers
+
+
+def _lab_options(c: Context, vm: bool = False) -> Any:
+    try:
+        return options_from(c.config, os.environ, extra=_lab_layers(c, vm)).options
+    except ApexError as exc:
+        raise Exit(f"apex: {exc}", code=EXIT_SETTINGS) from None
 
 
 def _print_stand_ins(rows: Sequence[StandIn], stream: Any) -> None:
@@ -283,24 +294,25 @@ def _print_stand_ins(rows: Sequence[StandIn], stream: Any) -> None:
         print(f"lab: {row.name:<{width}}  {row.address}  {row.status}{detail}", file=stream)
 
 
-def _lab_up(c: Context, quiet: bool = False, stream: Any = None) -> None:
+def _lab_up(c: Context, quiet: bool = False, stream: Any = None, vm: bool = False) -> None:
     from apex_tools.lab.stand import lab_up
 
-    options = _lab_options(c)
+    options = _lab_options(c, vm)
     try:
         # Under the work dir's lock: two runs must not both start the same stand-in.
         with work_dir_lock(options.work_dir, options.lock_timeout):
-            rows = lab_up(RunContext(options))
+            rows = lab_up(RunContext(options), vm=vm)
     except ApexError as exc:
         raise Exit(f"apex: lab up: {exc}", code=1) from None
     if not quiet:
         _print_stand_ins(rows, stream or sys.stdout)
 
 
-@task(name="up", help={"quiet": "Print nothing unless something fails."})
-def lab_up_task(c: Context, quiet: bool = False) -> None:
+@task(name="up", help={"quiet": "Print nothing unless something fails.",
+                       "vm": "Also the VM lab's undercloud image and libvirtd (config/lab-vm.yaml)."})
+def lab_up_task(c: Context, quiet: bool = False, vm: bool = False) -> None:
     """Start the lab's stand-ins (image mirror, upstream registry with its images); running ones are left alone."""
-    _lab_up(c, quiet=quiet)
+    _lab_up(c, quiet=quiet, vm=vm)
 
 
 @task(name="down", help={"quiet": "Print nothing unless something fails."})
@@ -316,6 +328,18 @@ def lab_down_task(c: Context, quiet: bool = False) -> None:
         raise Exit(f"apex: lab down: {exc}", code=1) from None
     if not quiet:
         _print_stand_ins(rows, sys.stdout)
+
+
+@task(name="status")
+def lab_status_task(c: Context) -> None:
+    """List the lab's stand-ins (running or not) and, for the VM lab, libvirtd and the VM with its address."""
+    from apex_tools.lab.stand import lab_status
+
+    try:
+        rows = lab_status(_lab_options(c))
+    except ApexError as exc:
+        raise Exit(f"apex: lab status: {exc}", code=1) from None
+    _print_stand_ins(rows, sys.stdout)
 
 
 @task(name="config", help={"key": "Show only this dotted key (e.g. registry.address)."})
@@ -413,7 +437,7 @@ def bundle_import_task(
                 extra={"bundle-import": load})
 
 
-lab_ns = Collection("lab", lab_up_task, lab_down_task)
+lab_ns = Collection("lab", lab_up_task, lab_down_task, lab_status_task)
 bundle_ns = Collection("bundle", bundle_export_task, bundle_import_task)
 ns = Collection(fetch_images, undercloud, patch_containers, ceph_loop, push_registry, deploy, show_config, report,
                 lab_ns, bundle_ns)

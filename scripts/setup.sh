@@ -38,16 +38,36 @@ _apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
         _APEX_APT_UPDATED=1
     fi
+    # No package starts its service (libvirt-daemon-system's libvirtd would bring up its default
+    # network, docker.io's dockerd a bridge): a policy-rc.d for the install, unless one is there.
+    local policy=/usr/sbin/policy-rc.d placed="" rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# apex-tools setup: no service starts during its apt-get install\nexit 101\n' >"$policy" &&
+            chmod 755 "$policy" && placed=1
+    fi
     # NEEDRESTART_MODE=l: list, never restart, services (needrestart comes with docker.io).
     DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
-        apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null || return 1
+        apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null || rc=1
+    [[ -n $placed ]] && rm -f "$policy"
+    return $rc
 }
 
 # Every package of scripts/debian-packages.txt (one name a line; # starts a comment).
 ensure_debian_packages() {
     local wanted
     mapfile -t wanted < <(sed -e 's/#.*//' "$APEX_REPO/scripts/debian-packages.txt" | awk 'NF {print $1}')
-    _apt_install "${wanted[@]}"
+    _apt_install "${wanted[@]}" && _no_libvirt_default_network
+}
+
+# Debian's libvirt marks its 'default' NAT network (virbr0, 192.168.122.1/24, dnsmasq) autostart:
+# a libvirtd started here (the VM lab starts one) would bring it up in this host's namespace.
+# The mark goes; the VM lab refuses to start libvirtd while it is there.
+_no_libvirt_default_network() {
+    local mark=/etc/libvirt/qemu/networks/autostart/default.xml
+    [[ -e $mark || -L $mark ]] || return 0
+    ((EUID == 0)) || { _setup_fail "$mark exists" "remove it as root (libvirt's default network must not autostart)"; return 1; }
+    _setup_say "removing $mark (libvirt's default network must not autostart on this host)"
+    rm -f "$mark"
 }
 
 # Debian's own python3 is the reference interpreter: the one a fresh Debian 12 has (3.11.2),

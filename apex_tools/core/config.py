@@ -140,6 +140,14 @@ DEFAULTS: dict[str, Any] = {
         "pool_path": "/var/lib/libvirt/images",
         "libvirt_uri": "qemu:///system",
         "nat_network": "default",
+        # libvirt: a port on 127.0.0.1 forwarded to the VM's SSH through user-mode networking
+        # (its first NIC; no NAT network, no lease); 0 = the NAT network's lease.
+        "ssh_forward": 0,
+        # libvirt: give the VM a NIC on the Apex networks (admin, external: isolated bridges on this host).
+        "apex_networks": True,
+        # libvirt: run the domain's qemu as root rather than libvirt's qemu user (which must
+        # otherwise be able to reach pool_path, e.g. not under a 0700 folder).
+        "qemu_as_root": False,
     },
     # deploy: `timeout` minutes for `openstack overcloud deploy`; `libvirt_type` kvm | qemu
     # ("" = kvm on baremetal, and for VMs only where this host's /dev/kvm is usable and nested);
@@ -277,6 +285,9 @@ class UndercloudOptions(_Strict):
     pool_path: str = Field(pattern=_PATH)
     libvirt_uri: str = Field(min_length=1)
     nat_network: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    ssh_forward: int = Field(ge=0, le=65535)
+    apex_networks: bool
+    qemu_as_root: bool
 
     @property
     def key_path(self) -> Path:

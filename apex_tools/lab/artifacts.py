@@ -86,8 +86,10 @@ def _prototype(entries: list[Entry], staging: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(argv: list[str], what: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def run_tool(argv: list[str], what: str, timeout: float | None = None) -> str:
+    """Run a build tool; a failure is a LabError naming the step and the tool's last words."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise LabError(f"{what} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}",
                        f"command: {' '.join(argv[:3])} ...")
@@ -96,16 +98,16 @@ def _run(argv: list[str], what: str) -> str:
 
 def _zero_times(raw: Path) -> None:
     """Set every inode's times to the epoch (and recompute its checksum): the only bytes that differ."""
-    sb = _run(["xfs_db", "-r", "-c", "sb 0", "-c", "p rootino rbmino rsumino", str(raw)], "xfs_db (superblock)")
+    sb = run_tool(["xfs_db", "-r", "-c", "sb 0", "-c", "p rootino rbmino rsumino", str(raw)], "xfs_db (superblock)")
     inodes = [line.split("=")[1].strip() for line in sb.splitlines() if "=" in line]
-    listed = _run(["xfs_db", "-r", "-c", "blockget -n", "-c", "ncheck", str(raw)], "xfs_db (inode list)")
+    listed = run_tool(["xfs_db", "-r", "-c", "blockget -n", "-c", "ncheck", str(raw)], "xfs_db (inode list)")
     inodes += [line.split()[0] for line in listed.splitlines() if line.strip()]
     args: list[str] = []
     for inode in dict.fromkeys(inodes):
         args += ["-c", f"inode {inode}"]
         for stamp in ("core.atime", "core.mtime", "core.ctime", "v3.crtime"):
             args += ["-c", f"write {stamp}.sec 0", "-c", f"write {stamp}.nsec 0"]
-    _run(["xfs_db", "-x", *args, str(raw)], "xfs_db (fixing inode times)")
+    run_tool(["xfs_db", "-x", *args, str(raw)], "xfs_db (fixing inode times)")
 
 
 def make_qcow2(dest: Path) -> None:
@@ -119,12 +121,12 @@ def make_qcow2(dest: Path) -> None:
         proto = Path(tmp) / "proto"
         proto.write_text(_prototype(disk_entries(), staging))
         raw = Path(tmp) / "disk.raw"
-        _run(["truncate", "-s", FS_SIZE, str(raw)], "truncate")
-        _run(["mkfs.xfs", "-q", "-f", "-L", "img-rootfs", "-m", f"uuid={FS_UUID}", "-p", str(proto), str(raw)],
+        run_tool(["truncate", "-s", FS_SIZE, str(raw)], "truncate")
+        run_tool(["mkfs.xfs", "-q", "-f", "-L", "img-rootfs", "-m", f"uuid={FS_UUID}", "-p", str(proto), str(raw)],
              "mkfs.xfs")
         _zero_times(raw)
         out = Path(tmp) / "disk.qcow2"
-        _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out)], "qemu-img convert")
+        run_tool(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out)], "qemu-img convert")
         out.replace(dest)
 
 
@@ -147,15 +149,26 @@ def _stand_in(kind: str) -> bytes:
     return f"apex-tools lab stand-in {kind}\n".encode() * 64
 
 
-def write_artifacts(folder: Path) -> list[str]:
-    """Write both tarballs and their ``.md5`` sidecars into ``folder``; the file names written."""
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_artifacts(folder: Path, boot: tuple[Path, Path] | None = None) -> list[str]:
+    """Write both tarballs and their ``.md5`` sidecars into ``folder``; the file names written.
+
+    ``boot``: a real kernel and initrd for overcloud-full.tar (the VM lab boots them), else stand-ins.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     qcow2 = folder / f".{OVERCLOUD_QCOW2}"
     make_qcow2(qcow2)
     stem = OVERCLOUD_QCOW2.removesuffix(".qcow2")
+    kernel, initrd = boot or (_stand_in("kernel"), _stand_in("initrd"))
     tarballs = {
-        OVERCLOUD_TAR: tar_bytes({OVERCLOUD_QCOW2: qcow2, f"{stem}.vmlinuz": _stand_in("kernel"),
-                                  f"{stem}.initrd": _stand_in("initrd")}),
+        OVERCLOUD_TAR: tar_bytes({OVERCLOUD_QCOW2: qcow2, f"{stem}.vmlinuz": kernel, f"{stem}.initrd": initrd}),
         IPA_TAR: tar_bytes({"ironic-python-agent.kernel": _stand_in("agent kernel"),
                             "ironic-python-agent.initramfs": _stand_in("agent initramfs")}),
     }

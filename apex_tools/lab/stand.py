@@ -13,6 +13,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from apex_tools.catalog.images import load_catalog
@@ -23,9 +24,9 @@ from apex_tools.core.errors import LabError
 from apex_tools.core.resources import data_path
 from apex_tools.core.run import RunContext
 from apex_tools.core.state import atomic_write
-from apex_tools.core.workdir import OVERCLOUD_TAR
+from apex_tools.core.workdir import OVERCLOUD_TAR, UNDERCLOUD_QCOW2
 from apex_tools.http.download import join_url
-from apex_tools.lab import artifacts, images
+from apex_tools.lab import artifacts, guest, images, libvirtd
 from apex_tools.lab.mirror import MirrorPaths, answers, mirror_pid, start_mirror, stop_mirror
 from apex_tools.patching.patches import load_projects
 from apex_tools.registry import server
@@ -33,6 +34,10 @@ from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.deployment import deployment_images, naming_of
 
 LAB_DIR = "lab"
+# qemu's user-mode network: the address at which the VM reaches this host's loopback.
+GUEST_HOST_ADDRESS = "10.0.2.2"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+VM_RECORD = "vm.json"
 
 
 def lab_config_path() -> Path:
@@ -44,6 +49,26 @@ def lab_layer() -> Layer:
     """``config/lab.yaml`` as a config file layer (what ``-f config/lab.yaml`` loads)."""
     path = lab_config_path()
     return Layer(f"lab file {path}", yamlfile.load_mapping(path, "lab configuration", empty_ok=True))
+
+
+def vm_layer() -> Layer:
+    """``config/lab-vm.yaml`` (what ``--vm`` adds on top of the lab's file)."""
+    path = data_path("config", "lab-vm.yaml")
+    return Layer(f"lab file {path}", yaml.safe_load(path.read_text()) or {})
+
+
+def vm_derived_layer(options: Options) -> Layer:
+    """The VM lab's keys that follow the work dir and the registry's port (below ``APEX_*``)."""
+    root = libvirt_root(options)
+    _, port = server.split_address(options.registry.address)
+    return Layer("lab --vm (derived from work_dir and registry.address)", {"undercloud": {
+        "pool_path": str(root / "images"), "ssh_key": str(root / "id_rsa"),
+        "registry_remote": f"{GUEST_HOST_ADDRESS}:{port}"}})
+
+
+def libvirt_root(options: Options) -> Path:
+    """Where the VM lab keeps libvirtd's pid and log, the VM's key, volume and console log."""
+    return lab_root(options) / "libvirt"
 
 
 @dataclass(frozen=True)
@@ -98,22 +123,42 @@ def _registry(address: str, key: str) -> str:
     return address
 
 
-def _artifacts(run: RunContext) -> StandIn:
-    """Generate the mirror's files once (a record says which recipe made them)."""
+def _artifacts(run: RunContext, vm: bool = False) -> list[StandIn]:
+    """Generate the mirror's files once (a record says which recipe made them); for the VM lab
+    overcloud-full.tar carries this host's kernel and initrd and undercloud.qcow2 is served too."""
     _host, _port, path = mirror_address(run)
     folder = mirror_paths(run.options).docroot / path.strip("/")
     record = lab_root(run.options) / "artifacts.json"
-    want = {"recipe": artifacts.RECIPE, "folder": str(folder)}
+    boot = guest.kernel_files()[:2] if vm else None
+    want = {"recipe": artifacts.RECIPE, "folder": str(folder),
+            **({"boot": [f"{p} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in boot]} if boot else {})}
     try:
         current = json.loads(record.read_text()) == want
     except (OSError, ValueError):
         current = False
     names = [OVERCLOUD_TAR, f"{OVERCLOUD_TAR}.md5"]
     if current and all((folder / n).is_file() for n in names):
-        return StandIn("mirror files", str(folder), "current")
-    written = artifacts.write_artifacts(folder)
-    atomic_write(record, json.dumps(want, indent=1, sort_keys=True) + "\n")
-    return StandIn("mirror files", str(folder), "generated", ", ".join(written))
+        rows = [StandIn("mirror files", str(folder), "current")]
+    else:
+        written = artifacts.write_artifacts(folder, boot)
+        atomic_write(record, json.dumps(want, indent=1, sort_keys=True) + "\n")
+        rows = [StandIn("mirror files", str(folder), "generated", ", ".join(written))]
+    if vm:
+        rows.append(_guest_image(folder))
+    return rows
+
+
+def _guest_image(folder: Path) -> StandIn:
+    """undercloud.qcow2 (and its .md5) on the mirror, from the machine-wide cache (built there once)."""
+    dest = folder / UNDERCLOUD_QCOW2
+    sidecar = folder / f"{UNDERCLOUD_QCOW2}.md5"
+    before = dest.stat().st_mtime_ns if dest.is_file() else None
+    built = guest.ensure_image(dest, DEBIAN_MIRROR)
+    if built or before != dest.stat().st_mtime_ns or not sidecar.is_file():
+        atomic_write(sidecar, f"{artifacts.md5_of(dest)}  {UNDERCLOUD_QCOW2}\n", durable=False)
+        how = "built (debootstrap) and served" if built else f"served from the cache {guest.cache_dir()}"
+        return StandIn("undercloud image", str(dest), "generated", how)
+    return StandIn("undercloud image", str(dest), "current")
 
 
 def _mirror(run: RunContext) -> StandIn:
@@ -176,20 +221,29 @@ def _seed(run: RunContext, client: RegistryClient) -> StandIn:
     return StandIn("upstream images", client.host, "seeded", f"{pushed} of {len(seeds)} image(s) pushed")
 
 
-def lab_up(run: RunContext) -> list[StandIn]:
+def lab_up(run: RunContext, vm: bool = False) -> list[StandIn]:
     """Generate (once) and start what is not running; leave running stand-ins alone.
 
     The local registry is started here too, exactly as push-registry would start it (same
     pidfile and storage under the work dir), so that a lab whose stand-ins were restarted (a
-    container's run ended) still finds every image in place.
+    container's run ended) still finds every image in place. ``vm``: also the guest image and
+    libvirtd (the undercloud target defines and boots the VM).
     """
     local = _registry(run.registry_address, "registry.address")
     upstream = _registry(run.options.upstream.registry, "upstream.registry")
     mirror_address(run)
-    out = [_artifacts(run), _mirror(run)]
+    out = [*_artifacts(run, vm), _mirror(run)]
     row, client = _registry_stand_in("upstream registry", upstream, upstream_root(run.options))
     out += [row, _seed(run, client)]
     out.append(_registry_stand_in("local registry", local, Path(run.options.work_dir))[0])
+    if vm:
+        root = libvirt_root(run.options)
+        out += [StandIn(name, str(libvirtd.RUN_DIR), status, detail)
+                for name, status, detail in libvirtd.ensure_daemons(root)]
+        # What lab down destroys and undefines: the names the undercloud target will define.
+        uc = run.options.undercloud
+        atomic_write(root / VM_RECORD, json.dumps({"name": uc.name, "pool": uc.pool, "pool_path": str(uc.pool_path),
+                                                   "ssh_forward": uc.ssh_forward}, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -202,6 +256,34 @@ def lab_down(options: Options) -> list[StandIn]:
     stopped = server.stop_local_registry(Path(options.work_dir))
     out.append(StandIn("local registry", str(Path(options.work_dir) / "registry"),
                        "stopped" if stopped else "not running"))
+    vm = _vm_record(options)
+    if vm is not None:
+        rows = libvirtd.tear_down(vm["name"], vm["pool"], libvirt_root(options))
+        out += [StandIn(name, str(libvirtd.RUN_DIR), status, detail) for name, status, detail in rows]
+        (libvirt_root(options) / VM_RECORD).unlink()
+    return out
+
+
+def _vm_record(options: Options) -> dict[str, Any] | None:
+    """What ``lab up --vm`` recorded for this work dir (None: the lab never ran with --vm)."""
+    try:
+        data = json.loads((libvirt_root(options) / VM_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def lab_status(options: Options) -> list[StandIn]:
+    """Each stand-in (running with its pid, or not) and, for a VM lab, libvirtd and the VM."""
+    out = [StandIn(name, "", "running" if pid else "not running", f"pid {pid}" if pid else "")
+           for name, pid in lab_running(options).items()]
+    vm = _vm_record(options)
+    if vm is not None:
+        out += [StandIn(name, str(libvirtd.RUN_DIR), "running" if pid else "not running", f"pid {pid}" if pid else "")
+                for name, pid in libvirtd.daemon_pids(libvirt_root(options)).items()]
+        state, address = libvirtd.domain_state(vm["name"], vm.get("ssh_forward", 0))
+        out.append(StandIn(f"undercloud VM {vm['name']}", address, state,
+                           f"SSH {address}" if address and state == "running" else ""))
     return out
 
 

@@ -62,6 +62,9 @@ class Undercloud(ABC):
     name = ""
     # False for the local driver: this host is what it is, the target configures nothing.
     configures = True
+    # Seconds of refused connections after which the SSH wait gives up (None: the whole wait,
+    # for a VM that is still booting).
+    refused_wait: float | None = None
 
     def __init__(self, options: Options, registry_address: str) -> None:
         self.options = options
@@ -132,7 +135,8 @@ class Undercloud(ABC):
         """Wait (bounded by ``undercloud.wait_timeout``) until the undercloud answers over SSH."""
         target = self.ssh()
         if target is not None:
-            wait_for_ssh(target, self.options.undercloud.wait_timeout, on_wait=on_wait)
+            wait_for_ssh(target, self.options.undercloud.wait_timeout, on_wait=on_wait,
+                         refused_timeout=self.refused_wait)
 
     def run(self, command: str, timeout: float = 120.0) -> CommandResult:
         """Run a shell command on the undercloud (over SSH, or here for the local driver)."""

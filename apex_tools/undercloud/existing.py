@@ -11,6 +11,8 @@ class ExistingUndercloud(SSHUndercloud):
     """``undercloud.host``, ``.port``, ``.user`` and ``.ssh_key`` name it; nothing is created."""
 
     name = "existing"
+    # It exists already: a refusal is an answer (sshd down, wrong port), not a boot in progress.
+    refused_wait = 15.0
 
     def ssh(self) -> SSHTarget:
         uc = self.options.undercloud

@@ -10,11 +10,15 @@ is an error naming both, never redefined.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import ipaddress
+import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +32,7 @@ from apex_tools.core.config import Options
 from apex_tools.core.errors import UndercloudError
 from apex_tools.core.settings import NetworkSettings
 from apex_tools.core.templates import render
-from apex_tools.core.state import file_stamp, fingerprint
+from apex_tools.core.state import atomic_write, file_stamp, fingerprint
 from apex_tools.core.workdir import IMAGE_PATCHES_DIR, OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
 from apex_tools.patching import image_patches
 from apex_tools.undercloud.base import Provision, SSHUndercloud
@@ -39,6 +43,7 @@ LOG = logging.getLogger(__name__)
 
 DOMAIN_TEMPLATE = "domain.xml.j2"
 NETWORK_TEMPLATE = "network.xml.j2"
+KVM_PROBE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,16 @@ def _render(template: str, **values: Any) -> str:
 
 
 def render_domain(name: str, memory: int, vcpus: int, kvm: bool, volume: Path, networks: list[str],
-                  kernel: Path | None = None, initrd: Path | None = None) -> str:
-    """The domain XML: one NIC per network (NAT first), stable MACs, direct kernel boot when given."""
+                  kernel: Path | None = None, initrd: Path | None = None, ssh_forward: int = 0,
+                  console_log: Path | None = None, as_root: bool = False) -> str:
+    """The domain XML: one NIC per network (NAT first), stable MACs, direct kernel boot when given;
+    with ``ssh_forward`` a first NIC on user-mode networking with SSH on 127.0.0.1:<ssh_forward>."""
     nics = [Nic(net, stable_mac(name, net)) for net in networks]
     return _render(
         DOMAIN_TEMPLATE, name=name, memory=memory, vcpus=vcpus, domain_type="kvm" if kvm else "qemu", volume=str(volume),
-        nics=nics, kernel=str(kernel) if kernel else "", initrd=str(initrd) if initrd else "")
+        nics=nics, kernel=str(kernel) if kernel else "", initrd=str(initrd) if initrd else "",
+        ssh_forward=ssh_forward, forward_mac=stable_mac(name, "user"),
+        console_log=str(console_log) if console_log else "", as_root=as_root)
 
 
 def render_network(name: str) -> str:
@@ -73,8 +82,38 @@ def render_network(name: str) -> str:
 
 
 def kvm_usable() -> bool:
-    """True when /dev/kvm can be opened (else the domain runs under TCG, type qemu)."""
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+    """True when /dev/kvm can be opened and a guest kernel actually runs under it (else the
+    domain runs under TCG, type qemu). Nested KVM can hang: a bounded probe tells, once a boot."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = "unknown"
+    record = Path(tempfile.gettempdir()) / f"apex-tools-kvm-probe-{boot_id}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return bool(json.loads(record.read_text())["kvm"])
+    works = probe_kvm()
+    atomic_write(record, json.dumps({"kvm": works}) + "\n", durable=False)
+    return works
+
+
+def probe_kvm(timeout: float = KVM_PROBE_TIMEOUT) -> bool:
+    """Boot this host's kernel under KVM with no root filesystem: it panics and qemu exits (about a
+    second under working KVM); no exit within ``timeout`` means KVM hangs here."""
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    qemu = shutil.which("qemu-system-x86_64")
+    if not kernels or qemu is None:
+        return True  # nothing to probe with: trust /dev/kvm
+    argv = [qemu, "-accel", "kvm", "-M", "pc", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot",
+            "-kernel", str(kernels[-1]), "-append", "panic=-1 loglevel=0"]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        LOG.warning("KVM: a guest kernel did not finish within %.0f s under /dev/kvm (nested KVM hangs "
+                    "here); the VM runs under TCG", timeout)
+        return False
+    return done.returncode == 0
 
 
 def external_enabled(ns: NetworkSettings) -> bool:
@@ -109,6 +148,32 @@ def is_partitioned(image: Path) -> bool:
                        check=True, capture_output=True)
         data = out.read_bytes()
     return len(data) >= 512 and data[510:512] == b"\x55\xaa"
+
+
+def wait_for_banner(host: str, port: int, timeout: float, on_wait: Any = None) -> None:
+    """Wait until ``host:port`` sends an SSH banner; raises after ``timeout`` seconds."""
+    started = time.monotonic()
+    report = 0.0  # tell on_wait every ~10 s, not at every 2 s attempt
+    while True:
+        why = "no SSH banner yet (the guest is booting)"
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.settimeout(5)
+                if sock.recv(4) == b"SSH-":
+                    return
+        except ConnectionRefusedError:
+            why = f"nothing listens on {host}:{port} (is the domain running?)"
+        except OSError:
+            pass
+        elapsed = time.monotonic() - started
+        if elapsed > timeout:
+            raise UndercloudError(f"SSH {host}:{port}: {why} after {timeout:.0f} s",
+                                  "look at the VM's console log beside its volume; raise undercloud.wait_timeout "
+                                  "for a slow (TCG) boot")
+        if on_wait and elapsed >= report:
+            on_wait(why, elapsed)
+            report = elapsed + 10
+        time.sleep(2)
 
 
 class LibvirtUndercloud(SSHUndercloud):
@@ -159,6 +224,8 @@ class LibvirtUndercloud(SSHUndercloud):
 
     # -- what the VM is made of --------------------------------------------------------------
     def apex_networks(self) -> list[str]:
+        if not self.options.undercloud.apex_networks:
+            return []
         nets = ["admin"]
         if self.network_settings is not None and external_enabled(self.network_settings):
             nets.append("external")
@@ -179,11 +246,18 @@ class LibvirtUndercloud(SSHUndercloud):
         pool = Path(self.options.undercloud.pool_path)
         return pool / "overcloud-full.vmlinuz", pool / "overcloud-full.initrd"
 
+    def kvm(self) -> bool:
+        """Whether the domain runs under KVM (else TCG): probed for a qemu connection only."""
+        return self.options.undercloud.libvirt_uri.startswith("qemu") and kvm_usable()
+
     def domain_xml(self, partitioned: bool = False) -> str:
         uc = self.options.undercloud
         kernel, initrd = self.boot_files(partitioned)
-        return render_domain(uc.name, uc.memory, uc.vcpus, kvm_usable() and uc.libvirt_uri.startswith("qemu"),
-                             self.volume_path(), [uc.nat_network, *self.apex_networks()], kernel, initrd)
+        nat = [] if uc.ssh_forward else [uc.nat_network]
+        console = Path(uc.pool_path) / f"{uc.name}.console.log" if uc.ssh_forward else None
+        return render_domain(uc.name, uc.memory, uc.vcpus, self.kvm(), self.volume_path(),
+                             [*nat, *self.apex_networks()], kernel, initrd, uc.ssh_forward, console,
+                             uc.qemu_as_root)
 
     # -- the check ---------------------------------------------------------------------------
     def check_networks(self) -> list[str]:
@@ -308,6 +382,8 @@ class LibvirtUndercloud(SSHUndercloud):
             elif step == "define":
                 self.conn.defineXML(plan.data["domain_xml"])
                 changes.append(f"defined domain {name}")
+                how = "KVM" if "type='kvm'" in plan.data["domain_xml"] else "TCG (KVM is not usable here)"
+                changes.append(f"domain {name} runs under {how}")
             elif step == "start":
                 dom = self._lookup_domain()
                 if not dom.isActive():
@@ -325,9 +401,14 @@ class LibvirtUndercloud(SSHUndercloud):
         note = prepare_image(source, dest, Path(f"{key}.pub"), self.options.undercloud.disk_size,
                              self.options.work_dir, self.options.undercloud.user)
         if not partitioned:
-            for src, dst in zip((source.with_suffix(".vmlinuz"), source.with_suffix(".initrd")), self.boot_files(False)):
-                if src.is_file() and dst is not None:
-                    dst.write_bytes(src.read_bytes())
+            # overcloud-full's kernel and initrd (fetch-images unpacked them beside the images).
+            folder = artifact_dir(self.options, self.os_version)
+            for dst in self.boot_files(False):
+                src = folder / dst.name if dst is not None else None
+                if src is None or not src.is_file():
+                    raise UndercloudError(f"{source.name} has no partition table and {src} is missing",
+                                          "the VM boots overcloud-full's kernel and initrd: run fetch-images")
+                shutil.copyfile(src, dst)
         self._refresh_pool()
         return f"prepared volume {dest} from {source.name}" + (f" ({note})" if note else "")
 
@@ -399,13 +480,20 @@ class LibvirtUndercloud(SSHUndercloud):
 
     def wait(self, on_wait: Any = None) -> None:
         # The lease first (the VM booted and asked for an address), then SSH answering;
-        # with undercloud.host set, that address is used and no lease is asked for.
-        if not self.options.undercloud.host:
-            self._address = self.lease_address(self.options.undercloud.wait_timeout)
+        # with undercloud.host or ssh_forward set, that address is used and no lease is asked for.
+        uc = self.options.undercloud
+        if uc.ssh_forward:
+            # qemu accepts on the forwarded port long before the guest's sshd answers: wait for
+            # the banner with a plain socket (paramiko would log each early attempt as an error).
+            wait_for_banner("127.0.0.1", uc.ssh_forward, uc.wait_timeout, on_wait)
+        elif not uc.host:
+            self._address = self.lease_address(uc.wait_timeout)
         super().wait(on_wait)
 
     def ssh(self) -> SSHTarget:
         uc = self.options.undercloud
+        if uc.ssh_forward:
+            return SSHTarget("127.0.0.1", uc.ssh_forward, uc.user, uc.key_path)
         host = uc.host or self._address
         if host is None:
             host = self._address = self.lease_address(uc.wait_timeout)

@@ -29,6 +29,7 @@ LOG = logging.getLogger(__name__)
 
 # One attempt's TCP/banner/auth timeout; the wait retries within its own deadline.
 ATTEMPT_TIMEOUT = 10.0
+REFUSED = "refuses connections (nothing listens yet)"
 
 
 @dataclass(frozen=True)
@@ -202,12 +203,12 @@ def _why(exc: BaseException) -> str:
         # One error per address tried; refused everywhere means nothing listens yet.
         causes = list(exc.errors.values())
         if causes and all(isinstance(c, ConnectionRefusedError) for c in causes):
-            return "refuses connections (nothing listens yet)"
+            return REFUSED
         return "; ".join(sorted({_why(c) for c in causes})) or str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
         return "refuses the key"
     if isinstance(exc, ConnectionRefusedError):
-        return "refuses connections (nothing listens yet)"
+        return REFUSED
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "does not answer"
     if isinstance(exc, paramiko.SSHException):
@@ -220,16 +221,20 @@ def wait_for_ssh(
     timeout: float,
     interval: float = 1.0,
     on_wait: Callable[[str, float], None] | None = None,
+    refused_timeout: float | None = None,
 ) -> None:
     """Wait until ``ssh target true`` succeeds; after ``timeout`` seconds raise naming the last cause.
 
     A refused key is final (waiting does not fix it); everything else is retried.
     ``on_wait(reason, elapsed)`` is told about each failed attempt (progress).
+    ``refused_timeout``: give up once connections have been refused for that long (a host that
+    already exists and refuses is an answer, not a boot in progress).
     """
     load_key(target.key)  # a missing key is not worth waiting for
     started = time.monotonic()
     deadline = started + timeout
     last = "no attempt made"
+    refused_since: float | None = None
     while True:
         left = deadline - time.monotonic()
         try:
@@ -253,6 +258,14 @@ def wait_for_ssh(
                 client.close()
         elapsed = time.monotonic() - started
         LOG.debug("SSH %s: %s (%.0f s)", target, last, elapsed)
+        refused_since = (refused_since or time.monotonic()) if last == REFUSED else None
+        if refused_timeout is not None and refused_since is not None and \
+                time.monotonic() - refused_since + interval > refused_timeout:
+            raise UndercloudError(
+                f"SSH {target}: {target.host} refuses connections on port {target.port} "
+                f"(for {time.monotonic() - refused_since:.0f} s)",
+                f"check that sshd runs on {target.host} and listens on port {target.port} (undercloud.host, "
+                "undercloud.port) and that no firewall rejects it")
         if on_wait:
             on_wait(last, elapsed)
         if time.monotonic() + interval > deadline:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_tools.core.config import Options, env_layer, resolve
-from apex_tools.lab.stand import lab_config_path, lab_down, lab_layer
+from apex_tools.lab.stand import lab_config_path, lab_down, lab_layer, vm_derived_layer, vm_layer
 from apex_tools.targets import ALL, registry
 
 from conftest import free_port
@@ -44,6 +44,13 @@ def lab_env(root: Path) -> dict[str, str]:
 def lab_options(env: dict[str, str]) -> Options:
     """The options ``apex deploy --lab`` sees in ``env``."""
     return resolve([lab_layer(), env_layer(env)]).options
+
+
+def vm_lab_options(env: dict[str, str]) -> Options:
+    """The options ``apex deploy --lab --vm`` sees in ``env``."""
+    layers = [lab_layer(), vm_layer()]
+    derived = vm_derived_layer(resolve([*layers, env_layer(env)]).options)
+    return resolve([*layers, derived, env_layer(env)]).options
 
 
 def apex(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 900,

@@ -134,6 +134,37 @@ def test_an_unreachable_host_fails_after_the_bounded_wait(tmp_path, registry):
     assert time.monotonic() - started < 10
 
 
+def test_a_refusing_host_fails_fast_and_a_silent_one_gets_the_bounded_wait(tmp_path, registry):
+    """A host that exists and refuses SSH is an answer: well within 30 s, not the 600 s boot wait.
+    One that accepts and stays silent is retried until undercloud.wait_timeout."""
+    import socket
+
+    from ssh_support import keygen
+
+    key = keygen(tmp_path / "key")
+    port = free_port()
+
+    def options(target_port: int, wait: float):
+        return resolve([Layer("test", {
+            "work_dir": str(tmp_path / "work"),
+            "undercloud": {"driver": "existing", "host": "127.0.0.1", "port": target_port, "user": "stack",
+                           "ssh_key": str(key), "wait_timeout": wait},
+        })]).options
+
+    started = time.monotonic()
+    with pytest.raises(UndercloudError, match=rf"127.0.0.1 refuses connections on port {port}") as err:
+        undercloud(RunContext(options(port, 600.0)))
+    assert time.monotonic() - started < 30
+    assert f"listens on port {port}" in err.value.hint
+    with socket.socket() as silent:  # accepts (the kernel's backlog) and never sends a banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        with pytest.raises(UndercloudError, match=r"not reachable within 4 s \(last: does not"):
+            undercloud(RunContext(options(silent.getsockname()[1], 4.0)))
+        assert 3.5 < time.monotonic() - started < 15
+
+
 @pytest.mark.parametrize("undercloud_opts, message", [
     ({"host": "127.0.0.1", "ssh_key": "/nonexistent/id_rsa"}, "undercloud.ssh_key: /nonexistent/id_rsa does not exist"),
     ({"host": "", "ssh_key": "/nonexistent/id_rsa"}, "undercloud.host is empty"),

@@ -50,6 +50,25 @@ def test_domain_xml_is_valid(kvm, external, direct_boot, tmp_path):
                                 networks, *boot)
 
 
+def test_the_user_mode_forward_is_valid_and_the_only_nic_without_apex_networks(tmp_path):
+    """ssh_forward: qemu's user-mode NIC with SSH on 127.0.0.1 only, no libvirt network at all;
+    the options that drop the NAT network and the Apex networks say what the domain gets."""
+    pool = Path("/var/lib/apex-tools/lab/lab/libvirt/images")
+    xml = render_domain("apex-lab-undercloud", 1024, 1, False, pool / "uc.qcow2", [], pool / "overcloud-full.vmlinuz",
+                        pool / "overcloud-full.initrd", ssh_forward=8783, console_log=pool / "uc.console.log",
+                        as_root=True)
+    _validate(xml, "domain", tmp_path)
+    assert "<label>+0:+0</label>" in xml
+    assert "hostfwd=tcp:127.0.0.1:8783-:22" in xml and "<interface" not in xml
+    assert f"mac={stable_mac('apex-lab-undercloud', 'user')}" in xml
+    assert f"<log file='{pool}/uc.console.log'/>" in xml
+    driver = driver_for(_options(tmp_path, ssh_forward=8783, apex_networks=False), "127.0.0.1:8787",
+                        _network_settings(external=True))
+    assert driver.apex_networks() == []
+    assert "hostfwd=tcp:127.0.0.1:8783-:22" in driver.domain_xml() and "<interface" not in driver.domain_xml()
+    assert str(driver.ssh()).endswith("@127.0.0.1:8783")
+
+
 @pytest.mark.parametrize("name", ["admin", "external"])
 def test_network_xml_is_valid(name, tmp_path):
     _validate(render_network(name), "network", tmp_path)
