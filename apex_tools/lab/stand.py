@@ -54,7 +54,7 @@ def lab_layer() -> Layer:
 def vm_layer() -> Layer:
     """``config/lab-vm.yaml`` (what ``--vm`` adds on top of the lab's file)."""
     path = data_path("config", "lab-vm.yaml")
-    return Layer(f"lab file {path}", yaml.safe_load(path.read_text()) or {})
+    return Layer(f"lab file {path}", yamlfile.load_mapping(path, "lab configuration", empty_ok=True))
 
 
 def vm_derived_layer(options: Options) -> Layer:

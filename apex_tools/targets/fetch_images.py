@@ -32,7 +32,6 @@ from apex_tools.core.workdir import (
     OVERCLOUD_TAR,
     UNDERCLOUD_QCOW2,
     artifact_dir,
-    overcloud_image,
 )
 
 log = logging.getLogger(__name__)
