@@ -504,3 +504,18 @@ def test_outputs_read_by_ceph_loop_and_push_registry(tmp_path, gerrit, upstream)
     rebuilds = find_rebuilds(work / "containers", upstream.address, planned)
     assert [r.image for r in rebuilds] == UPSTREAM_NOVA
     assert {str(r.base) for r in rebuilds} == {planned[r.image]["from"] for r in rebuilds}
+
+
+@pytest.mark.parametrize("identity, expected", [({"patch_set": 0}, "entry 0: patch_set"),
+                                                ({"patch_set": "two"}, "entry 0: patch_set"),
+                                                ({"commit": "../x"}, "entry 0: commit")])
+def test_a_disk_image_manifest_with_a_bad_patch_set_or_commit_is_refused(tmp_path, identity, expected):
+    from apex_tools.core.errors import ImageError
+    from apex_tools.patching.image_patches import load_manifest
+
+    (tmp_path / "01-x.patch").write_text(PUPPET_PATCH)
+    (tmp_path / "manifest.json").write_text(json.dumps([{
+        "project": "openstack/puppet-tripleo", "change_id": PUPPET, "revision": "a" * 40, "file": "01-x.patch",
+        "target_dir": "/etc/puppet/modules/tripleo", **identity}]))
+    with pytest.raises(ImageError, match=expected):
+        load_manifest(tmp_path)
