@@ -31,6 +31,8 @@ class FakeChange:
     patchset: int = 1
     # A hostile (or broken) Gerrit: these fields replace the real ones in the change's JSON answer.
     answer: dict[str, object] = field(default_factory=dict)
+    # ... and these replace the real ones in the answer's ``revisions.<current revision>``.
+    revision_answer: dict[str, object] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -95,7 +97,8 @@ def _handler(gerrit: FakeGerrit) -> type[BaseHTTPRequestHandler]:
                     "status": change.status, "_number": change.number,
                     "current_revision": change.revision,
                     "revisions": {change.revision: {"_number": change.patchset,
-                                                    "ref": f"refs/changes/00/{change.number}/{change.patchset}"}},
+                                                    "ref": f"refs/changes/00/{change.number}/{change.patchset}",
+                                                    **change.revision_answer}},
                 }
                 if change.submitted:
                     data["submitted"] = change.submitted

@@ -52,6 +52,8 @@ class Change:
     status: str
     revision: str
     submitted: datetime | None = None
+    patch_set: int = 0  # Gerrit's patch set number of ``revision`` (revisions.<sha>._number)
+    commit: str = ""  # the git commit of ``revision`` (Gerrit names a revision by its commit)
 
     @property
     def triplet(self) -> str:
@@ -114,8 +116,32 @@ def _change_from(data: Any, project: str, branch: str, change_id: str) -> Change
     except (TypeError, ValueError, AttributeError):
         raise GerritError(f"{what}: Gerrit's submitted time {shown(None, data.get('submitted'))} is not "
                           "'YYYY-MM-DD hh:mm:ss'", hint) from None
+    patch_set, commit = _patch_set_of(data, revision, what, hint)
     return Change(project=project, branch=branch, change_id=change_id, status=status, revision=revision,
-                  submitted=submitted)
+                  submitted=submitted, patch_set=patch_set, commit=commit)
+
+
+def _patch_set_of(data: dict[str, Any], revision: str, what: str, hint: str) -> tuple[int, str]:
+    """The patch set number and commit of ``revision`` from ``revisions.<revision>``.
+
+    The number goes into provenance, so it must be a positive integer; the commit is the
+    revision unless the answer names one (``commit`` as a string, or a CommitInfo's ``commit``)."""
+    revisions = data.get("revisions")
+    info = revisions.get(revision) if isinstance(revisions, dict) else None
+    if not isinstance(info, dict):
+        raise GerritError(f"{what}: Gerrit's answer has no revisions.{revision} (its patch set)",
+                          "the Gerrit server must support ?o=CURRENT_REVISION (any Gerrit since 2.x does)")
+    number = info.get("_number")
+    # bool is an int in Python: True is no patch set number.
+    if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        raise GerritError(f"{what}: Gerrit's patch set number {shown(None, number)} of revision {revision} "
+                          "is not a positive integer", hint)
+    commit = info.get("commit", revision)
+    commit = commit.get("commit", revision) if isinstance(commit, dict) else commit
+    if not isinstance(commit, str) or not REVISION.match(commit):
+        raise GerritError(f"{what}: Gerrit's commit {shown(None, commit)} of revision {revision} "
+                          "is not 40 hex digits", hint)
+    return number, commit
 
 
 def session_with_retries(tries: int) -> requests.Session:

@@ -1,7 +1,8 @@
 """Disk-image patches sorted by patch-containers: the manifest, and the script that applies them.
 
 patch-containers writes ``<work_dir>/image_patches/overcloud/manifest.json`` — a list, in
-order, of ``{project, change_id, revision, file, target_dir, strip}`` — next to the patch
+order, of ``{project, change_id, revision, patch_set, commit, file, target_dir, strip}`` (a
+Gerrit change's patch set number and commit; a local file has none) — next to the patch
 files. The patches are applied inside the image by the guest's own GNU ``patch`` (exactly,
 ``--fuzz=0``, ``--forward``), from one generated shell script, so the whole set costs one
 appliance launch; the script marks each patch in its output so a failure names the change.
@@ -33,6 +34,8 @@ class ImagePatch(BaseModel):
     project: str = Field(min_length=1)
     change_id: str = Field(min_length=1)
     revision: str = ""
+    patch_set: int | None = Field(default=None, ge=1)  # Gerrit changes only
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
     file: str = Field(pattern=r"^[^/]+$")
     target_dir: str = Field(pattern=r"^/\S*$")
     strip: int = Field(default=1, ge=0, le=20)
@@ -69,9 +72,9 @@ def load_manifest(folder: Path) -> list[ImagePatch]:
 
 
 def digests(folder: Path, patches: list[ImagePatch]) -> list[dict[str, object]]:
-    """The manifest entries with their patch file's sha256 (for the fingerprint)."""
+    """The manifest entries with their patch file's sha256 (for the fingerprint and provenance)."""
     return [
-        {**p.model_dump(), "sha256": hashlib.sha256((Path(folder) / p.file).read_bytes()).hexdigest()}
+        {**p.model_dump(exclude_none=True), "sha256": hashlib.sha256((Path(folder) / p.file).read_bytes()).hexdigest()}
         for p in patches
     ]
 
@@ -125,9 +128,10 @@ def failure(output: str, patches: list[ImagePatch], image: str) -> ImageError | 
             elif kind == "failed" and index < len(patches):
                 patch = patches[index]
                 detail = "\n    ".join(collected.get(index, []) or ["(no output)"])
+                patch_set = f", patch set {patch.patch_set}" if patch.patch_set else ""
                 return ImageError(
                     f"patch {patch.file} of change {patch.change_id} (project {patch.project}, "
-                    f"revision {patch.revision or '?'}) does not apply under {patch.target_dir} "
+                    f"revision {patch.revision or '?'}{patch_set}) does not apply under {patch.target_dir} "
                     f"in {image}:\n    {detail}",
                     "rebase the change on the image's version of the project, or drop it from the patches",
                 )

@@ -111,8 +111,10 @@ def file_sha256(path: Path) -> str:
 def _from_record(image: str, context: Path, details: Mapping[str, Any]) -> tuple[NativeImage | None, str, tuple]:
     """The native inputs of a planned image (or why it needs an engine) and its patch identities."""
     patches = details.get("patches") or []
+    # Gerrit's patch set number and commit, when patch-containers recorded them (a local file has none).
     identities = tuple({"project": p.get("project", ""), "change_id": p.get("change_id", ""),
-                        "revision": p.get("revision", ""), "file": p.get("file", ""),
+                        "revision": p.get("revision", ""),
+                        **{k: p[k] for k in ("patch_set", "commit") if p.get(k)}, "file": p.get("file", ""),
                         "sha256": file_sha256(context / p["file"]) if (context / p.get("file", "")).is_file() else ""}
                        for p in patches)
     if details.get("engine_only") or details.get("opendaylight"):

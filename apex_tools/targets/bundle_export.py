@@ -94,8 +94,9 @@ def _patches(run: RunContext) -> tuple[list[dict[str, Any]], list[FileItem]]:
     work = run.options.work_dir
     identities, paths = [], []
     for patch in record.data.get("patches", []):
-        identities.append({k: patch.get(k, "") for k in ("side", "project", "change_id", "branch", "revision",
-                                                          "status")})
+        identities.append({**{k: patch.get(k, "") for k in ("side", "project", "change_id", "branch", "revision",
+                                                             "status")},
+                           **{k: patch[k] for k in ("patch_set", "commit") if patch.get(k)}})
         if patch.get("status") == "LOCAL":
             continue  # a local file: named by its sha256 in `revision`, read where the settings point
         paths.append(f"{GERRIT_CACHE}/changes/{triplet(patch['project'], patch['branch'], patch['change_id'])}.json")

@@ -5,15 +5,17 @@ Outputs under ``work_dir``:
   containers/<image>/Dockerfile (+ its patch files, + opendaylight.repo)  built by push-registry
   docker_patches.tar.gz           ``containers/`` packed reproducibly, for the undercloud
   image_patches/{overcloud,undercloud}/NN-<name>.patch + manifest.json   applied by ceph-loop
-  manifest.json: a list, in order, of {project, change_id, revision, file, target_dir, strip}
+  manifest.json: a list, in order, of {project, change_id, revision, [patch_set, commit,] file, target_dir,
+                 strip}   (patch_set and commit: Gerrit changes only; a local file's change_id is its path)
 
 State data (``run.state.load("patch-containers").data``):
   rebuild    {image: {dockerfile, context, from, upstream, user, opendaylight, engine_only, labels: [[k, v]],
-                 patches: [{project, change_id, revision, file, target_dir, strip, label}]}}
+                 patches: [{project, change_id, revision, [patch_set, commit,] file, target_dir, strip,
+                 label}]}}
              (images with a Dockerfile; push-registry's native builder works from this, not the Dockerfile)
   missing_upstream  {image: upstream ref}  images that should be rebuilt but are not upstream
   disk_image {overcloud: [manifest entries], undercloud: [...]}
-  patches    [{side, project, change_id, branch, revision, status, parts: [{destination,
+  patches    [{side, project, change_id, branch, revision, [patch_set, commit,] status, parts: [{destination,
                  target_dir, images, files}], dropped: [files]}]   every patch asked for
   skipped    [{project, change_id, image?, reason}]  what was not applied (and where) and why
   archive    absolute path of docker_patches.tar.gz
@@ -97,13 +99,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A request with what it resolved to: revision, Gerrit status and the patch text."""
+    """A request with what it resolved to: revision (patch set, commit), Gerrit status and the patch text."""
 
     request: Request
     status: str
     revision: str = ""
     submitted: datetime | None = None
     text: str = ""
+    patch_set: int = 0  # Gerrit changes only
+    commit: str = ""
 
 
 class _LocalPatch(BaseModel):
@@ -215,8 +219,10 @@ class Plan:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _entry(req: Request, res: Resolved) -> dict[str, str]:
-    return {"project": req.project, "change_id": req.change_id or req.path, "revision": res.revision}
+def _entry(req: Request, res: Resolved) -> dict[str, Any]:
+    """A patch's identity: project, change-id (a local file: its path), revision, patch set and commit."""
+    gerrit = {"patch_set": res.patch_set, "commit": res.commit} if res.patch_set else {}
+    return {"project": req.project, "change_id": req.change_id or req.path, "revision": res.revision, **gerrit}
 
 
 class Planner:
@@ -250,9 +256,8 @@ class Planner:
             digest = hashlib.sha256(raw).hexdigest()
             return Resolved(req, "LOCAL", f"sha256:{digest[:16]}", None, raw.decode("utf-8", "surrogateescape"))
         change = self.gerrit.change(req.project, req.branch, req.change_id)
-        if change.status == "ABANDONED":
-            return Resolved(req, change.status, change.revision, change.submitted)
-        return Resolved(req, change.status, change.revision, change.submitted, self.gerrit.patch(change))
+        text = "" if change.status == "ABANDONED" else self.gerrit.patch(change)
+        return Resolved(req, change.status, change.revision, change.submitted, text, change.patch_set, change.commit)
 
     def _skip(self, req: Request, reason: str, image: str = "") -> None:
         entry = {"project": req.project, "change_id": req.change_id or req.path, "reason": reason}
@@ -344,13 +349,14 @@ class Planner:
             for n, (req, res, part) in enumerate(entries, 1):
                 file = f"{n:02d}-{req.name}.patch"
                 plan.files[f"containers/{image}/{file}"] = part.text.encode("utf-8", "surrogateescape")
-                patches.append(ImagePatch(file, part.target_dir, req.project, req.change_id, res.revision,
-                                          Path(req.path).name if req.path else ""))
+                patches.append((ImagePatch(file, part.target_dir, req.project, req.change_id, res.revision,
+                                           Path(req.path).name if req.path else ""), _entry(req, res)))
             base = str(self.images[image].target)
             image_odl = odl if image == "opendaylight" else ""
-            labels = image_labels(str(upstream), patches, image_odl)
+            steps = [step for step, _ in patches]
+            labels = image_labels(str(upstream), steps, image_odl)
             plan.files[f"containers/{image}/Dockerfile"] = render_dockerfile(
-                base, info.user, patches, labels, image_odl).encode()
+                base, info.user, steps, labels, image_odl).encode()
             if image_odl:
                 url = self.opts.patching.odl_repo_url.replace("{release}", image_odl)
                 plan.files[f"containers/{image}/opendaylight.repo"] = render_odl_repo(image_odl, url).encode()
@@ -362,14 +368,13 @@ class Planner:
                 "upstream": str(upstream),
                 "user": info.user,
                 "opendaylight": image_odl,
-                "patches": [{"project": p.project, "change_id": p.change_id or p.source, "revision": p.revision,
-                             "file": p.file, "target_dir": p.target_dir, "strip": p.strip, "label": p.label}
-                            for p in patches],
+                "patches": [{**identity, "file": p.file, "target_dir": p.target_dir, "strip": p.strip,
+                             "label": p.label} for p, identity in patches],
                 "labels": [list(label) for label in labels],
                 # Why only an engine can rebuild it ("" = patches only: the native builder can).
                 "engine_only": f"reinstalls OpenDaylight {image_odl} with yum" if image_odl else "",
             }
-            what = [p.label for p in patches] + ([f"OpenDaylight {image_odl}"] if image_odl else [])
+            what = [p.label for p in steps] + ([f"OpenDaylight {image_odl}"] if image_odl else [])
             plan.items.append(Item(image, "to rebuild", "; ".join(what)))
             plan.changes.append(f"{image}: rebuild with {'; '.join(what)}")
         disk: dict[str, list[dict[str, Any]]] = {}

@@ -79,12 +79,13 @@ def update_provenance(work_dir: Path, section: str, value: Any) -> bool:
 
 
 def patch_dependency(patch: Mapping[str, Any], sha256: str, gerrit_url: str) -> dict[str, Any]:
-    """A patch as a SLSA resource descriptor: its Gerrit change (or local file), commit and file hash."""
+    """A patch as a SLSA resource descriptor: its Gerrit change (or local file), commit and file hash;
+    the annotations name its project, change-id, patch set number, revision and commit."""
     change = str(patch.get("change_id", ""))
-    revision = str(patch.get("revision") or "")
-    digest = {"sha256": sha256, **({"gitCommit": revision} if _GIT_COMMIT.match(revision) else {})}
+    commit = str(patch.get("commit") or patch.get("revision") or "")
+    digest = {"sha256": sha256, **({"gitCommit": commit} if _GIT_COMMIT.match(commit) else {})}
     uri = f"{gerrit_url.rstrip('/')}/q/{change}" if _GERRIT_CHANGE.match(change) else f"file://{change}"
-    annotations = {k: patch[k] for k in ("project", "change_id", "patch_set", "revision", "target_dir")
+    annotations = {k: patch[k] for k in ("project", "change_id", "patch_set", "revision", "commit", "target_dir")
                    if patch.get(k)}
     return {"uri": uri, "name": str(patch.get("file", "")), "digest": digest, "annotations": annotations}
 

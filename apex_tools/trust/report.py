@@ -21,6 +21,16 @@ def _cut(line: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _patch_lines(patch: Mapping[str, Any]) -> list[str]:
+    """A patch in two lines: project and change-id (a local file: its path), then its patch set,
+    commit and file sha256 (the change-id alone takes 41 columns)."""
+    commit = str(patch.get("commit") or patch.get("revision") or "")
+    facts = [f"patch set {patch['patch_set']}"] if patch.get("patch_set") else []
+    facts += [f"commit {commit[:12]}"] if _COMMIT.match(commit) else ([] if facts else ["local file"])
+    facts.append(f"sha256:{str(patch.get('sha256', '')).removeprefix('sha256:')[:12]}")
+    return [f"  patch {patch.get('project', '?')} {patch.get('change_id', '?')}", f"    {', '.join(facts)}"]
+
+
 def report_lines(data: Mapping[str, Any], width: int = WIDTH) -> list[str]:
     """Each image (local digest, upstream digest, signed, source, base and patches), the disk
     image and the deploy command, one fact a line, no line wider than ``width``."""
@@ -40,10 +50,7 @@ def report_lines(data: Mapping[str, Any], width: int = WIDTH) -> list[str]:
             lines.append(f"  built by {rebuild.get('builder', '?')} on base "
                          f"{_short((rebuild.get('base') or {}).get('digest'))}")
             for patch in rebuild.get("patches") or []:
-                revision = str(patch.get("revision") or "")
-                commit = revision[:10] if _COMMIT.match(revision) else ""
-                lines.append(f"  patch {patch.get('project', '?')} {patch.get('change_id', '?')}"
-                             f"{'@' + commit if commit else ''} sha256:{str(patch.get('sha256', ''))[:12]}")
+                lines += _patch_lines(patch)
     disk = (data.get("disk_images") or {}).get("overcloud")
     if disk:
         upstream = disk.get("upstream") or {}
@@ -52,8 +59,8 @@ def report_lines(data: Mapping[str, Any], width: int = WIDTH) -> list[str]:
                       f"sha256:{str((disk.get('customized') or {}).get('sha256', ''))[:12]}",
                   f"  from {upstream.get('file', '?')} ({sums or 'no upstream checksum'})"]
         lines += [f"  {change}" for change in disk.get("changes") or []]
-        lines += [f"  patch {p.get('project', '?')} {p.get('change_id', '?')} sha256:{str(p.get('sha256', ''))[:12]}"
-                  for p in disk.get("patches") or []]
+        for patch in disk.get("patches") or []:
+            lines += _patch_lines(patch)
     deploy = data.get("deploy")
     if deploy:
         lines += ["", f"deploy command {deploy.get('command', '?')} sha256:{deploy.get('sha256', '')}"]

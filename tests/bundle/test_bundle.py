@@ -290,7 +290,7 @@ def test_export_carries_each_gerrit_patch_with_its_identity_and_the_cache_that_a
     work = tmp_path / "work"
     run = RunContext(resolve([Layer("test", {"work_dir": str(work), "image_dir": str(tmp_path / "img")})]).options)
     nova = {"side": "overcloud", "project": "openstack/nova", "change_id": "I0123", "branch": "stable/queens",
-            "revision": "4f2c", "status": "NEW"}
+            "revision": "4f2c", "status": "NEW", "patch_set": 3, "commit": "4f2c"}
     local = {"side": "overcloud", "project": "openstack/puppet-tripleo", "change_id": "/p/x.patch", "branch": "",
              "revision": "sha256:0011", "status": "LOCAL"}
     run.state.save("patch-containers", "sha256:fp", data={"patches": [{**nova, "parts": []}, {**local, "parts": []}]})
@@ -303,6 +303,7 @@ def test_export_carries_each_gerrit_patch_with_its_identity_and_the_cache_that_a
     (work / wanted[1]).parent.mkdir(parents=True)
     (work / wanted[1]).write_text("--- a\n+++ b\n")
     identities, files = _patches(run)
-    assert identities == [nova, local]  # identity of every patch, local ones by their sha256
+    # Identity of every patch (a Gerrit one with its patch set and commit), local ones by their sha256.
+    assert identities == [nova, local]
     assert sorted(f.path for f in files) == wanted
     assert all(f.digest == file_digest(work / f.path) for f in files)

@@ -18,7 +18,7 @@ PATCH = git_patch(CID, {"nova/api.py": ("old\n", "new\n")})
 def gerrit():
     with run_fake_gerrit() as fake:
         fake.add(FakeChange("openstack/nova", "stable/queens", CID, PATCH, status="MERGED",
-                            submitted="2018-06-11 15:23:55.000000000"))
+                            submitted="2018-06-11 15:23:55.000000000", patchset=7))
         yield fake
 
 
@@ -32,6 +32,17 @@ def test_lookup_uses_the_triplet_and_strips_the_xssi_prefix(gerrit, tmp_path):
     assert change.status == "MERGED"
     assert change.revision == gerrit.changes[next(iter(gerrit.changes))].revision
     assert change.submitted == datetime(2018, 6, 11, 15, 23, 55, tzinfo=timezone.utc)
+    assert change.patch_set == 7 and change.commit == change.revision
+
+
+def test_patch_set_and_commit_are_read_from_the_revision_and_kept_offline(tmp_path):
+    commit = "c" * 40
+    with run_fake_gerrit() as fake:
+        fake.add(FakeChange("openstack/nova", "stable/queens", CID, PATCH, patchset=3,
+                            revision_answer={"commit": {"commit": commit, "subject": "A change"}}))
+        online = client(fake, tmp_path).change("openstack/nova", "stable/queens", CID)
+    offline = client(fake, tmp_path, offline=True).change("openstack/nova", "stable/queens", CID)
+    assert (online.patch_set, online.commit) == (offline.patch_set, offline.commit) == (3, commit)
 
 
 def test_patch_is_base64_decoded_and_cached_by_revision(gerrit, tmp_path):
@@ -133,13 +144,33 @@ HOSTILE = {
     "other-change-id": ({"change_id": "I" + "f" * 40}, "for change_id"),
     "unknown-status": ({"status": "MERGED\nRUN x"}, "is none of NEW, MERGED"),
     "bad-submitted-time": ({"submitted": "yesterday"}, "submitted time 'yesterday'"),
+    "no-revisions": ({"revisions": {}}, "has no revisions."),
+}
+# The same, inside revisions.<current revision>: the patch set number and commit go into provenance.
+HOSTILE_REVISION = {
+    "patch-set-a-string": ({"_number": "3"}, "patch set number '3'"),
+    "patch-set-a-float": ({"_number": 3.0}, "patch set number 3.0"),
+    "patch-set-zero": ({"_number": 0}, "patch set number 0"),
+    "patch-set-a-bool": ({"_number": True}, "patch set number True"),
+    "patch-set-missing": ({"_number": None}, "patch set number None"),
+    "patch-set-injects-a-line": ({"_number": "3\nRUN x"}, "is not a positive integer"),
+    "commit-not-hex": ({"commit": {"commit": "../x"}}, "commit '../x'"),
 }
 
 
 @pytest.mark.parametrize("answer, expected", HOSTILE.values(), ids=HOSTILE.keys())
 def test_a_hostile_gerrit_answer_is_refused_and_writes_nothing(tmp_path, answer, expected):
+    _refused(tmp_path, expected, answer=answer)
+
+
+@pytest.mark.parametrize("answer, expected", HOSTILE_REVISION.values(), ids=HOSTILE_REVISION.keys())
+def test_a_hostile_patch_set_is_refused_naming_the_change(tmp_path, answer, expected):
+    _refused(tmp_path, expected, revision_answer=answer)
+
+
+def _refused(tmp_path, expected, **answers):
     with run_fake_gerrit() as fake:
-        fake.add(FakeChange("openstack/nova", "stable/queens", CID, PATCH, answer=answer))
+        fake.add(FakeChange("openstack/nova", "stable/queens", CID, PATCH, **answers))
         c = client(fake, tmp_path / "work")
         with pytest.raises(GerritError) as err:
             c.patch(c.change("openstack/nova", "stable/queens", CID))

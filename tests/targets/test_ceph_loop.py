@@ -159,8 +159,8 @@ def make_workspace(root: Path, base: Path, *, ceph: bool = True, device: str | N
         folder.mkdir(parents=True)
         (folder / "01-ceph.patch").write_text(patch)
         (folder / "manifest.json").write_text(json.dumps([{
-            "project": "openstack/puppet-tripleo", "change_id": CHANGE, "revision": "abc123",
-            "file": "01-ceph.patch", "target_dir": "/etc/puppet/modules/tripleo", "strip": 1,
+            "project": "openstack/puppet-tripleo", "change_id": CHANGE, "revision": "abc123", "patch_set": 6,
+            "commit": "c" * 40, "file": "01-ceph.patch", "target_dir": "/etc/puppet/modules/tripleo", "strip": 1,
         }]))
     return {"work_dir": str(work), "image_dir": str(root / "images"), "deploy_settings": str(settings),
             "signing": {"enabled": signing}, "registry": {"address": REGISTRY}}
@@ -252,6 +252,7 @@ def test_image_requires_the_deployments_signatures_on_its_registry(loop_run: dic
     disk = json.loads((work / "provenance.json").read_text())["disk_images"]["overcloud"]
     assert disk["customized"]["sha256"] == hashlib.sha256((work / IMAGE_NAME).read_bytes()).hexdigest()
     assert [p["change_id"] for p in disk["patches"]] == [CHANGE] and len(disk["patches"][0]["sha256"]) == 64
+    assert (disk["patches"][0]["patch_set"], disk["patches"][0]["commit"]) == (6, "c" * 40)  # Gerrit's identity
     assert "/etc/containers/policy.json" in disk["trust_files"]
 
 
@@ -298,7 +299,7 @@ def test_patch_that_does_not_apply_fails_naming_the_change(base_qcow2: Path, lau
     with pytest.raises(ImageError) as caught:
         ceph_loop(context(values))
     message = str(caught.value)
-    assert CHANGE in message and "openstack/puppet-tripleo" in message and "abc123" in message
+    assert CHANGE in message and "openstack/puppet-tripleo" in message and "abc123, patch set 6" in message
     assert "FAILED" in message  # patch's own output: "Hunk #1 FAILED at 1."
     work = Path(str(values["work_dir"]))
     assert not (work / IMAGE_NAME).exists()

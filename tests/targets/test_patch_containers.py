@@ -80,7 +80,7 @@ def upstream(tmp_path_factory, docker_client, base_image, debian_image):
 def gerrit():
     with run_fake_gerrit() as fake:
         fake.add(FakeChange("openstack/nova", "master", NOVA, NOVA_PATCH))
-        fake.add(FakeChange("openstack/puppet-tripleo", "master", PUPPET, PUPPET_PATCH))
+        fake.add(FakeChange("openstack/puppet-tripleo", "master", PUPPET, PUPPET_PATCH, patchset=4))
         fake.add(FakeChange("openstack/tripleo-common", "master", UNDER, UNDER_PATCH))
         fake.add(FakeChange("openstack/nova", "master", DEAD, NOVA_PATCH, status="ABANDONED"))
         yield fake
@@ -331,6 +331,9 @@ def test_local_patch_files_are_sorted_like_gerrit_ones(tmp_path, gerrit, upstrea
     api = tmp_path / "work" / "containers" / "nova-api"
     assert (api / "01-hello-new.patch").is_file()
     assert 'io.opnfv.apex.patch.01="openstack/nova hello new.patch"' in (api / "Dockerfile").read_text()
+    # A local file is named by its path (no patch set, no commit), in the record push-registry reads.
+    [patch] = run.state.load(TARGET).data["rebuild"]["nova-api"]["patches"]
+    assert patch["change_id"] == str(tmp_path / "fixes" / "hello new.patch") and "patch_set" not in patch
 
 
 # -- real builds -------------------------------------------------------------------------------
@@ -480,7 +483,7 @@ def test_merged_disk_image_patch_is_compared_with_the_upstream_image_age(tmp_pat
 
 def test_outputs_read_by_ceph_loop_and_push_registry(tmp_path, gerrit, upstream):
     """The contracts: ceph-loop's manifest loader and push-registry's rebuild finder accept our outputs."""
-    from apex_tools.patching.image_patches import load_manifest
+    from apex_tools.patching.image_patches import digests, load_manifest
     from apex_tools.registry.rebuild import find_rebuilds
 
     run = make_run(tmp_path, gerrit.url, upstream.address,
@@ -489,8 +492,30 @@ def test_outputs_read_by_ceph_loop_and_push_registry(tmp_path, gerrit, upstream)
     work = tmp_path / "work"
     (disk,) = load_manifest(work / "image_patches" / "overcloud")
     assert (disk.change_id, disk.target_dir, disk.strip) == (PUPPET, "/etc/puppet/modules/tripleo", 1)
+    # The disk-image patch's identity, as ceph-loop writes it into provenance.json's disk_images.
+    puppet = next(c for c in gerrit.changes.values() if c.change_id == PUPPET)
+    (entry,) = digests(work / "image_patches" / "overcloud", [disk])
+    assert {k: entry[k] for k in ("project", "change_id", "patch_set", "revision", "commit")} == {
+        "project": "openstack/puppet-tripleo", "change_id": PUPPET, "patch_set": 4, "revision": puppet.revision,
+        "commit": puppet.revision}
+    assert len(entry["sha256"]) == 64
     assert load_manifest(work / "image_patches" / "undercloud") == []
     planned = run.state.load(TARGET).data["rebuild"]
     rebuilds = find_rebuilds(work / "containers", upstream.address, planned)
     assert [r.image for r in rebuilds] == UPSTREAM_NOVA
     assert {str(r.base) for r in rebuilds} == {planned[r.image]["from"] for r in rebuilds}
+
+
+@pytest.mark.parametrize("identity, expected", [({"patch_set": 0}, "entry 0: patch_set"),
+                                                ({"patch_set": "two"}, "entry 0: patch_set"),
+                                                ({"commit": "../x"}, "entry 0: commit")])
+def test_a_disk_image_manifest_with_a_bad_patch_set_or_commit_is_refused(tmp_path, identity, expected):
+    from apex_tools.core.errors import ImageError
+    from apex_tools.patching.image_patches import load_manifest
+
+    (tmp_path / "01-x.patch").write_text(PUPPET_PATCH)
+    (tmp_path / "manifest.json").write_text(json.dumps([{
+        "project": "openstack/puppet-tripleo", "change_id": PUPPET, "revision": "a" * 40, "file": "01-x.patch",
+        "target_dir": "/etc/puppet/modules/tripleo", **identity}]))
+    with pytest.raises(ImageError, match=expected):
+        load_manifest(tmp_path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from apex_tools.targets.patch_containers import patch_containers
 from apex_tools.targets.push_registry import push_registry
 
 from conftest import REPO, free_port
+from fake_gerrit import FakeChange, run_fake_gerrit
 from registry_support import unpack
 
 NOVA = ("nova-api", "nova-compute", "nova-conductor", "nova-libvirt", "nova-novncproxy", "nova-scheduler")
@@ -185,3 +188,37 @@ def test_native_and_docker_builds_hold_the_same_files(lab, tmp_path, docker_clie
     finally:
         for tag in (engine, f"{lab['upstream']}/{repository}:native-built"):
             docker_client.images.remove(tag, force=True) if docker_client.images.list(tag) else None
+
+
+def test_a_gerrit_patch_set_ends_in_provenance_and_apex_report(lab, tmp_path):
+    """A change at patch set 5 on the fake Gerrit: its number and commit reach patch-containers' and
+    push-registry's records, provenance.json, the SLSA statement and ``apex report``'s table."""
+    change_id = "I" + "5" * 40
+    common = tmp_path / "common.yaml"
+    common.write_text(yaml.safe_dump({"patches": {"master": {"overcloud": [
+        {"change-id": change_id, "project": "openstack/nova"}]}}}))
+    text = (REPO / "config/patches/lab/nova-lab-version.patch").read_text()
+    with run_fake_gerrit() as fake:
+        change = fake.add(FakeChange("openstack/nova", "master", change_id, text, patchset=5))
+        options = lab["options"](patches_file=str(common), gerrit={"url": fake.url, "tries": 1},
+                                 patching={"local_patches": ""})
+        patch_containers(RunContext(options))
+    identity = {"project": "openstack/nova", "change_id": change_id, "revision": change.revision, "patch_set": 5,
+                "commit": change.revision}
+    planned = RunContext(options).state.load("patch-containers").data
+    assert {k: planned["rebuild"]["nova-api"]["patches"][0][k] for k in identity} == identity
+    assert push_registry(RunContext(options)).status is Status.CHANGED
+    record = RunContext(options).state.load("push-registry").data["rebuilds"]["nova-api"]["patches"][0]
+    assert {k: record[k] for k in identity} == identity
+    provenance = json.loads((lab["work"] / "provenance.json").read_text())
+    [api] = [i for i in provenance["images"] if i["name"] == "nova-api"]
+    [patch] = api["rebuild"]["patches"]
+    assert {k: patch[k] for k in identity} == identity and f"sha256:{patch['sha256']}" == record["sha256"]
+    statement = json.loads((lab["work"] / api["rebuild"]["statement"]).read_text())
+    dependency = statement["predicate"]["buildDefinition"]["resolvedDependencies"][1]
+    assert dependency["annotations"]["patch_set"] == 5 and dependency["digest"]["gitCommit"] == change.revision
+    env = {**os.environ, "APEX_WORK_DIR": str(lab["work"])}
+    table = subprocess.run([sys.executable, "-m", "apex_tools", "report"], env=env, cwd=tmp_path, text=True,
+                           capture_output=True, check=True, stdin=subprocess.DEVNULL).stdout
+    assert f"  patch openstack/nova {change_id}\n    patch set 5, commit {change.revision[:12]}, sha256:" in table
+    assert all(len(line) <= 80 for line in table.splitlines()), table

@@ -36,8 +36,8 @@ COMMIT = "a" * 40
 
 
 def _statement(digest: str = "sha256:" + "1" * 64) -> dict[str, Any]:
-    patch = {"project": "openstack/nova", "change_id": CHANGE, "revision": COMMIT, "file": "01-nova.patch",
-             "target_dir": "/usr/lib/python3.9/site-packages"}
+    patch = {"project": "openstack/nova", "change_id": CHANGE, "revision": COMMIT, "patch_set": 7, "commit": COMMIT,
+             "file": "01-nova.patch", "target_dir": "/usr/lib/python3.9/site-packages"}
     return statement("127.0.0.1:8787/tripleomaster/centos-binary-nova-api", digest,
                      "127.0.0.1:8787/tripleomaster/centos-binary-nova-api:current-tripleo", "sha256:" + "2" * 64,
                      [patch_dependency(patch, "3" * 64, "https://review.opendev.org"),
@@ -53,6 +53,9 @@ def test_statement_is_slsa_v1_in_an_in_toto_statement() -> None:
                        "name": "base", "digest": {"sha256": "2" * 64}}
     assert deps[1]["uri"] == f"https://review.opendev.org/q/{CHANGE}"
     assert deps[1]["digest"] == {"sha256": "3" * 64, "gitCommit": COMMIT}
+    assert deps[1]["annotations"] == {"project": "openstack/nova", "change_id": CHANGE, "patch_set": 7,
+                                      "revision": COMMIT, "commit": COMMIT,
+                                      "target_dir": "/usr/lib/python3.9/site-packages"}
     assert deps[2]["uri"] == "file:///srv/local.patch" and deps[2]["digest"] == {"sha256": "4" * 64}
     assert data["subject"] == [{"name": "127.0.0.1:8787/tripleomaster/centos-binary-nova-api",
                                 "digest": {"sha256": "1" * 64}}]
@@ -111,13 +114,24 @@ def test_report_fits_80_columns_and_names_sources_digests_and_patches(tmp_path: 
         "signature": {"key_id": "sha256:" + "9" * 64, "tag": "x"},
         "rebuild": {"base": {"ref": "b", "digest": "sha256:" + "2" * 64}, "builder": "docker",
                     "patches": [{"project": "openstack/nova", "change_id": CHANGE, "revision": COMMIT,
-                                 "sha256": "3" * 64}]},
+                                 "patch_set": 7, "commit": COMMIT, "sha256": "sha256:" + "3" * 64}]},
     }])
+    update_provenance(tmp_path, "disk_images", {"overcloud": {
+        "upstream": {"file": "overcloud-full.tar", "checksums": {"md5": "6" * 32}},
+        "customized": {"file": "overcloud-full.qcow2", "sha256": "7" * 64},
+        "patches": [{"project": "openstack/puppet-tripleo", "change_id": "I" + "8" * 40, "revision": "b" * 40,
+                     "patch_set": 12, "commit": "b" * 40, "sha256": "9" * 64},
+                    {"project": "openstack/puppet-tripleo", "change_id": "/srv/patches/osd.patch",
+                     "revision": "sha256:aaaa", "sha256": "a" * 64}],
+        "changes": ["1 disk-image patch(es)"]}})
     update_provenance(tmp_path, "deploy", {"command": "deploy_command", "sha256": "5" * 64})
     lines = report_lines(load_provenance(tmp_path))
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
     text = "\n".join(lines)
     assert "nova-api" in text and "sha256:111111111111" in text and "sha256:222222222222" in text
-    assert f"patch openstack/nova {CHANGE}@aaaaaaaaaa" in text
+    assert f"  patch openstack/nova {CHANGE}\n    patch set 7, commit aaaaaaaaaaaa, sha256:333333333333" in text
+    assert (f"  patch openstack/puppet-tripleo I{'8' * 40}\n    patch set 12, commit bbbbbbbbbbbb, "
+            "sha256:999999999999") in text
+    assert "  patch openstack/puppet-tripleo /srv/patches/osd.patch\n    local file, sha256:aaaaaaaaaaaa" in text
     assert "from 127.0.0.1:8782/tripleomaster/centos-binary-nova-api:current-tripleo" in text
     assert "1 images, 1 signed, 1 rebuilt" in text
