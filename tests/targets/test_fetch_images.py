@@ -20,7 +20,8 @@ from apex_tools.http.download import Downloader, RetryPolicy
 from apex_tools.http.retry import retry_after
 from apex_tools.core.errors import DownloadError, ImageError
 from apex_tools.http.filecache import meta_path, partial_path
-from apex_tools.targets.fetch_images import TARGET, check_members, fetch_images, overcloud_image, retry_policy
+from apex_tools.core.workdir import overcloud_image
+from apex_tools.targets.fetch_images import TARGET, check_members, fetch_images, retry_policy
 from apex_tools.core.run import RunContext, Status
 
 from conftest import REPO
