@@ -129,6 +129,8 @@ class _Check:
     named: str
     # The signing key's id ("off": signing disabled; None: a key is still to be generated).
     signing: str | None = None
+    # Every signature the last run recorded is still there, unchanged (or signing is off).
+    signatures_hold: bool = False
 
     @property
     def to_copy(self) -> list[_Head]:
@@ -171,24 +173,28 @@ def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tup
     if silent and not run.dry_run:
         raise RegistryError("upstream registry " + ", ".join(f"{h} does not answer at /v2/ ({r})" for h, r in silent.items()),
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
-    heads = _heads(images, clients, registry_action is None, options.jobs, silent, offline and registry_action is None)
-    missing = [str(h.image.target) for h in heads if offline and h.local is None]
-    if missing and not run.dry_run:
-        raise RegistryError(f"offline: {len(missing)} images are not in the local registry: {', '.join(missing)}",
-                            "import a bundle that holds them (apex bundle import), or run without --offline")
-    record = run.state.load(PATCH_CONTAINERS)
-    planned = record.data.get("rebuild") if record is not None else None
-    rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
-                             planned if isinstance(planned, dict) else None)
-    bases = _BaseDigests(heads, local, registry_action is None)
-    actions = plan_rebuilds(rebuilds, local, bases, options.builder, options.builder_fallback) \
-        if registry_action is None else [
-            RebuildAction(r, BUILD, reason="the local registry is not running yet",
-                          builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
-    insecure = named if options.registry.tls_mode != "verify" else None
     signing = signing_state(options, remember=not run.dry_run)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # The signatures' HEADs go alongside the images' (their answer counts only when all else is current).
+        signatures = side.submit(_signatures_hold, run, local, signing) if registry_action is None else None
+        heads = _heads(images, clients, registry_action is None, options.jobs, silent, offline and registry_action is None)
+        missing = [str(h.image.target) for h in heads if offline and h.local is None]
+        if missing and not run.dry_run:
+            raise RegistryError(f"offline: {len(missing)} images are not in the local registry: {', '.join(missing)}",
+                                "import a bundle that holds them (apex bundle import), or run without --offline")
+        record = run.state.load(PATCH_CONTAINERS)
+        planned = record.data.get("rebuild") if record is not None else None
+        rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
+                                 planned if isinstance(planned, dict) else None)
+        bases = _BaseDigests(heads, local, registry_action is None)
+        actions = plan_rebuilds(rebuilds, local, bases, options.builder, options.builder_fallback) \
+            if registry_action is None else [
+                RebuildAction(r, BUILD, reason="the local registry is not running yet",
+                              builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
+    insecure = named if options.registry.tls_mode != "verify" else None
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
-                   _fingerprint(heads, actions, insecure, named, signing), named, signing)
+                   _fingerprint(heads, actions, insecure, named, signing), named, signing,
+                   signatures is not None and signatures.result())
     return check, bases
 
 
@@ -200,7 +206,10 @@ def _signatures_hold(run: RunContext, local: RegistryClient, signing: str | None
     recorded = record.data.get("signatures") if record is not None else None
     if not isinstance(recorded, dict) or not recorded:
         return False  # a record from before signatures were recorded: the trust step checks them
-    return signature_digests(local, sorted(recorded), run.options.jobs) == recorded
+    try:
+        return signature_digests(local, sorted(recorded), run.options.jobs) == recorded
+    except RegistryError:
+        return False  # the trust step asks again and reports the error
 
 
 def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
@@ -235,7 +244,7 @@ def push_registry(run: RunContext) -> TargetResult:
             local = clients(reachable)
             ensure_local_registry(local.host, work_dir, local, options.registry.start and local.host == run.registry_address)
         check, bases = _check(run, clients, naming, run.registry_address)
-        if check.nothing_to_do and run.up_to_date(TARGET, check.fp) and _signatures_hold(run, clients(reachable), check.signing):
+        if check.nothing_to_do and check.signatures_hold and run.up_to_date(TARGET, check.fp):
             return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
         if run.dry_run:
             return TargetResult(TARGET, Status.PLANNED, _plan(check, naming.local_registry, outputs))
