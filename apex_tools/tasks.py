@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any
 from invoke import Collection, Config, Context, task
 from invoke.exceptions import Exit
 
-from apex_tools.catalog.images import ceph_defaults_shown
 from apex_tools.core.config import KNOWN_KEYS, EffectiveConfig, Layer, effective_config, env_name, settings_path
 from apex_tools.core.console import EXIT_FAILED, EXIT_INTERNAL, EXIT_SETTINGS, Output, internal_error, one_line
 from apex_tools.core.errors import ApexError, expected_os_error
 from apex_tools.core.run import RunContext, Status, TargetResult
 from apex_tools.core.settings import load_deploy_settings
 from apex_tools.core.state import work_dir_lock
-from apex_tools.overcloud.inventory import load_inventory, scale_of
 from apex_tools.targets import FLOW, registry, sweep_leftovers
 
 if TYPE_CHECKING:
@@ -118,6 +116,8 @@ def run_targets(
         # Every target reads these: a bad file stops the run before anything is touched.
         run.deploy_settings, run.network_settings, run.patches
         if "deploy" in names:  # the inventory too, and HA's three controllers, before hours of work
+            from apex_tools.overcloud.inventory import load_inventory, scale_of
+
             scale_of(load_inventory(settings_path(options.inventory_file, "inventory")),
                      run.deploy_settings.global_params.ha_enabled)
     except ApexError as exc:
@@ -125,7 +125,7 @@ def run_targets(
     # A dry run touches nothing, not even the log file or the lock.
     out = Output(verbose, quiet, None if dry_run else options.work_dir / "apex.log")
     run.progress = out.progress
-    targets = {**registry(), **(extra or {})}
+    targets = {**registry(n for n in names if n not in (extra or {})), **(extra or {})}
     results: list[TargetResult] = []
     error: ApexError | None = None
     bug: Exception | None = None
@@ -375,6 +375,8 @@ def _project_file_line(config: Config) -> str:
 
 def _release_defaults(effective: EffectiveConfig) -> dict[str, tuple[str, str]]:
     """Key → (effective value, source) for the empty keys that mean "the release's" (the Ceph image)."""
+    from apex_tools.catalog.images import ceph_defaults_shown
+
     try:
         os_version = load_deploy_settings(settings_path(effective.options.deploy_settings, "deploy")).os_version
         shown = ceph_defaults_shown(os_version)

@@ -12,8 +12,9 @@ bytes / that rate; requests per image by method on each side (from the registrie
 bytes sent against the unique blob bytes; our peak RSS while mirroring the large images.
 
 Goals: >= 1.5x skopeo 4-at-a-time on the small images; >= 2x skopeo one-at-a-time (full size);
-large images <= 1.25x the loopback limit; re-run: one HEAD per image each side, < 0.5 s for the
-whole command; bytes sent == unique blob bytes; peak RSS < 150 MiB.
+large images <= 1.25x the loopback limit; re-run: one HEAD per image each side, < 0.4 s for the
+whole process (the apex command's own re-run and the lab's 30 images against skopeo are measured by
+bench/deploy_lab.py); bytes sent == unique blob bytes; peak RSS < 150 MiB.
 
     python bench/push_registry.py            # 45 small images + 3 large ones, medians of 3
     python bench/push_registry.py --short    # 16 small + 1 large, one run each: same columns (CI)
@@ -57,7 +58,7 @@ FAMILIES = ("nova", "neutron", "heat", "cinder", "glance", "keystone", "swift", 
 GOAL_SKOPEO4 = 1.5
 GOAL_SKOPEO1 = 2.0
 GOAL_LIMIT = 1.25
-GOAL_RERUN = 0.5
+GOAL_RERUN = 0.4  # issue 21: push-registry alone re-run <= 0.4 s (the whole command: bench/deploy_lab.py)
 GOAL_RSS = 150 * MiB
 
 
@@ -488,6 +489,9 @@ def report(results: dict, sets: dict, rate: float, args: argparse.Namespace, our
             checks.append((f"large: peak RSS {rss / MiB:.0f} MiB < {GOAL_RSS // MiB} MiB", rss < GOAL_RSS))
     for label, good in checks:
         print(f"  [{'ok' if good else 'NOT'}] {label}")
+    for label, good in checks:
+        if not good:
+            print(f"!!! GOAL MISSED: {label} !!!")
     return all(good for _, good in checks)
 
 

@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 from apex_tools.core.errors import SettingsError
+from apex_tools.core.resources import load_yaml
 
 SERVICE_PREFIX = "OS::TripleO::Services::"
 HEAT_NONE = "OS::Heat::None"
@@ -51,11 +51,18 @@ _REGISTRY_LINE = re.compile(r"^\s+OS::TripleO::Services::([A-Za-z0-9_]+):\s*(\S+
 _CODE_DEFAULT = re.compile(r"""['"](ceph_namespace|ceph_image|ceph_tag)['"]\s*:\s*['"]([^'"]+)['"]""")
 
 
-class _Named(jinja2.Undefined):
-    """An undefined variable renders as ``@name@`` so image names keep their variable parts."""
+def _named_undefined() -> type:
+    """jinja2's Undefined rendering as ``@name@``, so image names keep their variable parts.
 
-    def __str__(self) -> str:
-        return f"@{self._undefined_name}@"
+    jinja2 is imported here: only generating the catalog renders templates, not a run reading it.
+    """
+    import jinja2
+
+    class _Named(jinja2.Undefined):
+        def __str__(self) -> str:
+            return f"@{self._undefined_name}@"
+
+    return _Named
 
 
 def _short(service: str) -> str:
@@ -63,13 +70,15 @@ def _short(service: str) -> str:
 
 
 def _render(text: str, neutron_driver: str, source: str, folder: Path | None) -> list[dict[str, Any]]:
+    import jinja2
+
     # Newer templates include their Ceph part ('ceph.j2') from the same folder.
     loader = jinja2.FileSystemLoader(str(folder)) if folder else None
-    env = jinja2.Environment(undefined=_Named, keep_trailing_newline=True, loader=loader)
+    env = jinja2.Environment(undefined=_named_undefined(), keep_trailing_newline=True, loader=loader)
     try:
         rendered = env.from_string(text).render(
             namespace="@namespace@", neutron_driver=neutron_driver, rhel_containers=False, logging="files")
-        data = yaml.safe_load(rendered)
+        data = load_yaml(rendered)
     except (jinja2.TemplateError, yaml.YAMLError) as exc:
         raise SettingsError(f"{source}: cannot render: {exc}", "is this tripleo-common's container-images template?") from None
     entries = (data or {}).get("container_images_template")
@@ -119,7 +128,7 @@ def container_images(text: str, source: str = "container-images template", folde
 
 def ceph_defaults_from_yaml(text: str) -> dict[str, str]:
     """``ceph_namespace``/``ceph_image``/``ceph_tag`` of container_image_prepare_defaults.yaml."""
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text) or {}
     prepare = (data.get("parameter_defaults") or {}).get("ContainerImagePrepare") or []
     values = (prepare[0].get("set") or {}) if prepare else {}
     return _ceph_triple({k: str(v) for k, v in values.items()}, PREPARE_DEFAULTS)
@@ -210,7 +219,7 @@ def role_services(root: Path, roles: tuple[str, ...] = DEFAULT_ROLES) -> dict[st
     """Role → its ``ServicesDefault`` (short names) from the default ``roles_data.yaml``."""
     path = root / "roles_data.yaml"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}", "is this a tripleo-heat-templates tree?") from None
     by_name = {r.get("name"): r for r in data or () if isinstance(r, dict)}
@@ -239,7 +248,7 @@ def environment_registry(root: Path, rel: str) -> dict[str, str]:
     """Service (short name) → template an environment file's ``resource_registry`` maps."""
     path = root / rel
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}", "is this a tripleo-heat-templates tree?") from None
     registry = data.get("resource_registry") or {}
@@ -277,7 +286,7 @@ def environment_templates(root: Path) -> dict[str, dict[str, str]]:
         if path.name.endswith(".j2.yaml"):
             continue
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
         registry = data.get("resource_registry") if isinstance(data, dict) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -13,8 +14,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import filelock
 
 from apex_tools.core.errors import StateError
 
@@ -231,6 +230,39 @@ class StateStore:
             self._path(target).unlink()
 
 
+def lock_file(path: Path, timeout: float | None) -> int:
+    """Take an exclusive ``flock`` on ``path`` (created if missing); its open fd for ``unlock_file``.
+
+    Waits up to ``timeout`` seconds (None: as long as it takes), then raises ``TimeoutError``.
+    (What the ``filelock`` package does on Unix, without its asyncio import on every run.)
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path} is locked") from None
+                time.sleep(0.05)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def unlock_file(fd: int) -> None:
+    """Release and close a lock from ``lock_file``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def work_dir_lock(work_dir: Path, timeout: float = 0) -> Iterator[None]:
     """Hold the work dir's run lock; wait up to ``timeout`` seconds, then fail naming the holder."""
@@ -241,10 +273,9 @@ def work_dir_lock(work_dir: Path, timeout: float = 0) -> Iterator[None]:
         raise StateError(f"work dir {work_dir}: cannot create: {exc.strerror}", "set work_dir to a writable folder") from None
     lock_path = work_dir / ".apex.lock"
     owner_path = work_dir / ".apex.lock.owner"
-    lock = filelock.FileLock(str(lock_path))
     try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
+        fd = lock_file(lock_path, timeout)
+    except TimeoutError:
         owner = owner_path.read_text().strip() if owner_path.exists() else "unknown"
         raise StateError(
             f"work dir {work_dir} is in use by another apex run ({owner})",
@@ -256,4 +287,4 @@ def work_dir_lock(work_dir: Path, timeout: float = 0) -> Iterator[None]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             owner_path.unlink()
-        lock.release()
+        unlock_file(fd)

@@ -18,9 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import filelock
-
-from apex_tools.core.state import atomic_write
+from apex_tools.core.state import atomic_write, lock_file, unlock_file
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +111,13 @@ def artifact_lock(dest: Path, doing: str = "fetching") -> Iterator[None]:
     """Hold a per-artifact lock so two runs never write the same files; wait for the other run."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = "" if doing == "fetching" else f".{doing}"
-    lock = filelock.FileLock(str(dest.with_name(f".{dest.name}{suffix}.lock")))
+    path = dest.with_name(f".{dest.name}{suffix}.lock")
     try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
+        fd = lock_file(path, 0)
+    except TimeoutError:
         log.info("%s: another run is %s it; waiting for it to finish", dest.name, doing)
-        lock.acquire()
+        fd = lock_file(path, None)
     try:
         yield
     finally:
-        lock.release()
+        unlock_file(fd)

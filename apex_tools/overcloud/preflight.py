@@ -17,6 +17,7 @@ import yaml
 from apex_tools.catalog.tht import HeatTemplates
 from apex_tools.core.errors import ApexError, RegistryError
 from apex_tools.core.reference import ImageRef
+from apex_tools.core.resources import load_yaml
 from apex_tools.overcloud.inventory import Inventory, Scale
 from apex_tools.registry.client import RegistryClient, RegistryHTTPError
 from apex_tools.undercloud.base import Undercloud
@@ -55,7 +56,7 @@ def check_environment_files(files: Mapping[str, Path], tht_paths: Iterable[str],
     problems = []
     for name, path in files.items():
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())
         except OSError as exc:
             problems.append(Problem("environment files", f"{path}: cannot read: {exc.strerror or exc}",
                                     f"make {name} readable (or re-run the target that writes it)"))
@@ -92,7 +93,7 @@ def check_environment_files(files: Mapping[str, Path], tht_paths: Iterable[str],
 
 def image_parameters(docker_images: Path) -> dict[str, str]:
     """The image parameters of ``docker-images.yaml`` (name → image), what the deploy hands Heat."""
-    data = yaml.safe_load(docker_images.read_text()) or {}
+    data = load_yaml(docker_images.read_text()) or {}
     defaults = data.get("parameter_defaults", {}) if isinstance(data, dict) else {}
     return {k: v for k, v in sorted(defaults.items()) if isinstance(v, str) and k.endswith("Image")}
 

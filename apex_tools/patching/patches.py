@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from apex_tools.core.errors import PatchError, SettingsError
 from apex_tools.core.render_safety import control_char
-from apex_tools.core.resources import data_path
+from apex_tools.core.resources import data_path, load_yaml
 from apex_tools.core.settings import short_name
 
 _DIFF = re.compile(r"^diff --git a/(?P<a>.+?) b/(?P<b>.+)$")
@@ -193,7 +193,7 @@ def load_projects(path: Path | None = None) -> ProjectTable:
     """Read and validate the project table (``build/projects.yaml`` unless ``path``)."""
     source = Path(path or data_path("build", "projects.yaml"))
     try:
-        data = _ProjectsFile.model_validate(yaml.safe_load(source.read_text()))
+        data = _ProjectsFile.model_validate(load_yaml(source.read_text()))
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise SettingsError(f"project table {source}: {exc}", "fix build/projects.yaml") from None
     bad = [str(r.match) for r in data.projects if not r.python and not r.path]

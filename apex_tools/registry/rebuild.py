@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,30 +181,29 @@ def plan_rebuilds(
     builder: str = NATIVE,
     fallback: str = "docker",
 ) -> list[RebuildAction]:
-    """Decide each rebuild from its base digest (known or HEAD) and what the local registry has."""
-    actions = []
-    for rebuild in rebuilds:
+    """Decide each rebuild from its base digest (known or HEAD) and what the local registry has
+    (the rebuilds in parallel: each is a few HEADs)."""
+
+    def decide(rebuild: Rebuild) -> RebuildAction:
         using = builder_for(rebuild, builder, fallback)
         base_digest = base_digests(rebuild.base)
         if base_digest is None:
-            actions.append(RebuildAction(rebuild, SKIP, reason=f"base {rebuild.base} is not in the local registry",
-                                         builder=using))
-            continue
+            return RebuildAction(rebuild, SKIP, reason=f"base {rebuild.base} is not in the local registry",
+                                 builder=using)
         context = context_digest(rebuild.context) + (f"\n{NATIVE_FORMAT}" if using == NATIVE else "")
         key = rebuild.target.with_tag(key_tag(base_digest, context))
         found = dict(builder=using, base_digest=base_digest)
         built = local.head_manifest(key.repository, key.tag or "")
         if built is None:
-            actions.append(RebuildAction(rebuild, BUILD, key, "new patches or base image", **found))
-            continue
+            return RebuildAction(rebuild, BUILD, key, "new patches or base image", **found)
         current = local.head_manifest(rebuild.target.repository, APEX_TAG)
         if current is None or current[0] != built[0]:
-            actions.append(RebuildAction(rebuild, RETAG, key, f"{key.tag} exists; :apex points elsewhere",
-                                         digest=built[0], **found))
-        else:
-            actions.append(RebuildAction(rebuild, CURRENT, key, f"already built as {key.tag}", digest=built[0],
-                                         **found))
-    return actions
+            return RebuildAction(rebuild, RETAG, key, f"{key.tag} exists; :apex points elsewhere",
+                                 digest=built[0], **found)
+        return RebuildAction(rebuild, CURRENT, key, f"already built as {key.tag}", digest=built[0], **found)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(rebuilds)))) as pool:
+        return list(pool.map(decide, rebuilds))
 
 
 def apply_rebuilds(actions: Sequence[RebuildAction], local: RegistryClient,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 
 from apex_tools.core.errors import RegistryError
 from apex_tools.core.processes import running_pid, terminate
@@ -93,6 +92,8 @@ def paths(work_dir: Path) -> dict[str, Path]:
 def render_config(address: str, storage: Path, secret: str = "", htpasswd: Path | None = None) -> str:
     """``registry/config.yml`` filled for ``address``, ``storage``, the ``http.secret`` and the
     htpasswd file (None: no auth)."""
+    import jinja2  # only when the registry is started: a run that finds it answering skips it
+
     template = data_path("registry", "config.yml").read_text()
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     return env.from_string(template).render(address=address, storage=str(storage),

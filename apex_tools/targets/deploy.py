@@ -153,7 +153,6 @@ def _no_tripleo(check: _Deploy) -> str:
 
 def deploy(run: RunContext) -> TargetResult:
     """Write the command and its files, run the pre-flight, then deploy or update the stack."""
-    work = run.options.work_dir
     missing = _missing_inputs(run)
     if missing:
         if run.dry_run:
@@ -170,7 +169,7 @@ def deploy(run: RunContext) -> TargetResult:
             return TargetResult(TARGET, Status.UP_TO_DATE, [f"up to date (stack {STACK} {check.status})"])
     elif same and record is not None and record.data.get("outcome") == READY:
         return TargetResult(TARGET, Status.UP_TO_DATE,
-                            [f"up to date (ready: {work / DEPLOY_COMMAND}; not run: {_no_tripleo(check)})"])
+                            [f"up to date (ready: {DEPLOY_COMMAND}; not run: {_no_tripleo(check)})"])
 
     plan = _plan(run, check, record)
     if run.dry_run:
@@ -188,7 +187,7 @@ def _plan(run: RunContext, check: _Deploy, record: Record | None) -> list[str]:
     plan.append(f"pre-flight: environment files, image parameters and images (against {check.tht_source}), "
                 "the undercloud, the inventory's scale")
     if not check.tripleo:
-        plan.append(f"ready: {work / DEPLOY_COMMAND} is written but not run: {_no_tripleo(check)}")
+        plan.append(f"ready: {DEPLOY_COMMAND} is written but not run: {_no_tripleo(check)}")
     elif check.status is None:
         plan.append(f"stack create: no {STACK} stack on the undercloud yet ({_why(record, check, run.force)})")
     elif check.status in COMPLETE:
@@ -276,7 +275,7 @@ def _apply(run: RunContext, check: _Deploy) -> TargetResult:
     data = {"inputs": check.inputs, "tht": check.tht_source, "libvirt_type": check.plan.libvirt_type}
     if not check.tripleo:
         run.state.save(TARGET, check.fp, outputs=outputs, data={**data, "outcome": READY})
-        changes.append(f"ready: {work / DEPLOY_COMMAND}; not run: {_no_tripleo(check)}")
+        changes.append(f"ready: {DEPLOY_COMMAND} (in the work dir); not run: {_no_tripleo(check)}")
         return TargetResult(TARGET, Status.READY, changes, items)
     action = "stack create" if check.status is None else "stack update"
     _run_playbooks(run, check)

@@ -217,6 +217,8 @@ class Plan:
     changes: list[str] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    # One line per image to rebuild: a dry run's plan lists them; a run counts them (rows: --verbose).
+    rebuilds: list[str] = field(default_factory=list)
 
 
 def _entry(req: Request, res: Resolved) -> dict[str, Any]:
@@ -376,7 +378,7 @@ class Planner:
             }
             what = [p.label for p in steps] + ([f"OpenDaylight {image_odl}"] if image_odl else [])
             plan.items.append(Item(image, "to rebuild", "; ".join(what)))
-            plan.changes.append(f"{image}: rebuild with {'; '.join(what)}")
+            plan.rebuilds.append(f"{image}: rebuild with {'; '.join(what)}")
         disk: dict[str, list[dict[str, Any]]] = {}
         for side in SIDES:
             manifest = []
@@ -494,7 +496,7 @@ def patch_containers(
     if run.up_to_date(TARGET, fp):
         return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], plan.items)
     if run.dry_run:
-        changes = plan.changes or ["no patches: write an empty containers archive"]
+        changes = (plan.rebuilds + plan.changes) or ["no patches: write an empty containers archive"]
         return TargetResult(TARGET, Status.PLANNED, changes + [f"write {ARCHIVE}"], plan.items)
     lookups.save()
     paths = {name: work / name for name in plan.files}
@@ -504,6 +506,7 @@ def patch_containers(
     run.state.save(TARGET, fp, outputs=sorted(paths.values()), data=plan.data)
     changes = list(plan.changes)
     changes += [f"removed stale {p}" for p in removed]
-    changes.append(f"wrote {len(written)} file(s); {ARCHIVE} {'rewritten' if ARCHIVE in written else 'unchanged'} "
-                   f"({len(plan.data['rebuild'])} image(s) to rebuild)")
+    if plan.rebuilds:
+        changes.insert(0, f"{len(plan.rebuilds)} images to rebuild")
+    changes.append(f"wrote {len(written)} file(s); {ARCHIVE} {'rewritten' if ARCHIVE in written else 'unchanged'}")
     return TargetResult(TARGET, Status.CHANGED, changes, plan.items)

@@ -48,7 +48,7 @@ from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint, write_if_changed
 from apex_tools.core.workdir import CONTAINERS_DIR, IMAGE_LISTS, PARAMETER_FILE, PATCH_CONTAINERS, PUSH_REGISTRY
 from apex_tools.registry.clients import Clients
-from apex_tools.trust.push import signing_state, trust_plan, trust_step
+from apex_tools.trust.push import OFF, signature_digests, signed_subjects, signing_state, trust_plan, trust_step
 from apex_tools.undercloud.drivers import driver_for
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ class _Check:
     named: str
     # The signing key's id ("off": signing disabled; None: a key is still to be generated).
     signing: str | None = None
+    # Every signature the last run recorded is still there, unchanged (or signing is off).
+    signatures_hold: bool = False
 
     @property
     def to_copy(self) -> list[_Head]:
@@ -171,25 +173,43 @@ def _check(run: RunContext, clients: Clients, naming: Naming, named: str) -> tup
     if silent and not run.dry_run:
         raise RegistryError("upstream registry " + ", ".join(f"{h} does not answer at /v2/ ({r})" for h, r in silent.items()),
                             "check upstream.registry / upstream.ceph_registry, the network, and upstream.tls")
-    heads = _heads(images, clients, registry_action is None, options.jobs, silent, offline and registry_action is None)
-    missing = [str(h.image.target) for h in heads if offline and h.local is None]
-    if missing and not run.dry_run:
-        raise RegistryError(f"offline: {len(missing)} images are not in the local registry: {', '.join(missing)}",
-                            "import a bundle that holds them (apex bundle import), or run without --offline")
-    record = run.state.load(PATCH_CONTAINERS)
-    planned = record.data.get("rebuild") if record is not None else None
-    rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
-                             planned if isinstance(planned, dict) else None)
-    bases = _BaseDigests(heads, local, registry_action is None)
-    actions = plan_rebuilds(rebuilds, local, bases, options.builder, options.builder_fallback) \
-        if registry_action is None else [
-            RebuildAction(r, BUILD, reason="the local registry is not running yet",
-                          builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
+    signing = signing_state(options, remember=not run.dry_run)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # The signatures' HEADs go alongside the images' (their answer counts only when all else is current).
+        signatures = side.submit(_signatures_hold, run, local, signing) if registry_action is None else None
+        heads = _heads(images, clients, registry_action is None, options.jobs, silent, offline and registry_action is None)
+        missing = [str(h.image.target) for h in heads if offline and h.local is None]
+        if missing and not run.dry_run:
+            raise RegistryError(f"offline: {len(missing)} images are not in the local registry: {', '.join(missing)}",
+                                "import a bundle that holds them (apex bundle import), or run without --offline")
+        record = run.state.load(PATCH_CONTAINERS)
+        planned = record.data.get("rebuild") if record is not None else None
+        rebuilds = find_rebuilds(Path(options.work_dir) / CONTAINERS_DIR, local.host,
+                                 planned if isinstance(planned, dict) else None)
+        bases = _BaseDigests(heads, local, registry_action is None)
+        actions = plan_rebuilds(rebuilds, local, bases, options.builder, options.builder_fallback) \
+            if registry_action is None else [
+                RebuildAction(r, BUILD, reason="the local registry is not running yet",
+                              builder=builder_for(r, options.builder, options.builder_fallback)) for r in rebuilds]
     insecure = named if options.registry.tls_mode != "verify" else None
-    signing = signing_state(options)
     check = _Check(images, heads, rebuilds, actions, registry_action, silent, insecure,
-                   _fingerprint(heads, actions, insecure, named, signing), named, signing)
+                   _fingerprint(heads, actions, insecure, named, signing), named, signing,
+                   signatures is not None and signatures.result())
     return check, bases
+
+
+def _signatures_hold(run: RunContext, local: RegistryClient, signing: str | None) -> bool:
+    """Every signature the last run recorded is still there, unchanged (one HEAD each); True when signing is off."""
+    if signing == OFF:
+        return True
+    record = run.state.load(TARGET)
+    recorded = record.data.get("signatures") if record is not None else None
+    if not isinstance(recorded, dict) or not recorded:
+        return False  # a record from before signatures were recorded: the trust step checks them
+    try:
+        return signature_digests(local, sorted(recorded), run.options.jobs) == recorded
+    except RegistryError:
+        return False  # the trust step asks again and reports the error
 
 
 def _plan(check: _Check, local: str, outputs: list[Path]) -> list[str]:
@@ -224,7 +244,7 @@ def push_registry(run: RunContext) -> TargetResult:
             local = clients(reachable)
             ensure_local_registry(local.host, work_dir, local, options.registry.start and local.host == run.registry_address)
         check, bases = _check(run, clients, naming, run.registry_address)
-        if check.nothing_to_do and run.up_to_date(TARGET, check.fp):
+        if check.nothing_to_do and check.signatures_hold and run.up_to_date(TARGET, check.fp):
             return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])
         if run.dry_run:
             return TargetResult(TARGET, Status.PLANNED, _plan(check, naming.local_registry, outputs))
@@ -281,7 +301,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     rebuilt = {a.rebuild.image for a in actions if a.action != SKIP}
 
     refs = parameter_refs(check.images, rebuilt)
-    _check_present(refs, clients)
+    _check_present(refs, clients, options.jobs)
     named_images = [replace(i, target=i.target.with_registry(check.named)) for i in check.images]
     named_refs = {p: ref.with_registry(check.named) for p, ref in refs.items()}
     creds = local.credentials
@@ -297,11 +317,15 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     changes += trust_step(run, local, check.named, [(h.image, h.upstream) for h in check.heads], results, rebuilds)
     if check.signing is None:  # the key was generated just now
         fp = _fingerprint(check.heads, actions, check.insecure, check.named, signing_state(options))
+    # What the trust step left in the registry, so a re-run notices a signature deleted or replaced.
+    signatures = {} if check.signing == OFF else \
+        signature_digests(local, signed_subjects(check.images, results, rebuilds), options.jobs)
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": check.named,
         "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},
         "rebuilt": sorted(rebuilt),
         "rebuilds": rebuilds,
+        "signatures": signatures,
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
 
@@ -382,10 +406,16 @@ def _rebuild_records(run: RunContext, actions: list[RebuildAction], done: dict[s
     return records
 
 
-def _check_present(refs: dict[str, ImageRef], clients: Clients) -> None:
-    """Every image the parameter file names must be in the local registry; raise naming the missing."""
-    missing = sorted({str(ref) for ref in refs.values()
-                      if clients(ref.registry).head_manifest(ref.repository, ref.reference) is None})
+def _check_present(refs: dict[str, ImageRef], clients: Clients, jobs: int) -> None:
+    """Every image the parameter file names must be in the local registry (one HEAD each, in
+    parallel); raise naming the missing."""
+    unique = {str(ref): ref for ref in refs.values()}
+
+    def absent(ref: ImageRef) -> bool:
+        return clients(ref.registry).head_manifest(ref.repository, ref.reference) is None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(unique) or 1))) as pool:
+        missing = sorted(name for name, gone in zip(unique, pool.map(absent, unique.values())) if gone)
     if missing:
         raise RegistryError(f"{len(missing)} images named by {PARAMETER_FILE} are missing from the registry: "
                             + ", ".join(missing), "re-run push-registry with --force")

@@ -111,7 +111,8 @@ def trust_images(
             attached = attach(client, there.repository, subject, raw)
         return signed, attached
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # Each image is a handful of small requests, mostly waiting on the registry: twice ``jobs`` at a time.
+    with ThreadPoolExecutor(max_workers=max(1, jobs * 2)) as pool:
         done = list(pool.map(one, by_ref.values()))
     outcome.signed = sum(1 for s, _ in done if s)
     outcome.already_signed = len(done) - outcome.signed if key else 0

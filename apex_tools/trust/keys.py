@@ -8,25 +8,38 @@ tool sees is the public half (``signing/signing.pub``) and its id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from typing import TYPE_CHECKING, Union
 
 from apex_tools.core.errors import ApexError
+from apex_tools.core.lazy import lazy_import
 from apex_tools.core.state import atomic_write, write_if_changed
+
+if TYPE_CHECKING:
+    from cryptography import exceptions
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+else:  # loaded on first use: a re-run whose key is unchanged (the id cache below) never needs them
+    exceptions = lazy_import("cryptography.exceptions")
+    hashes = lazy_import("cryptography.hazmat.primitives.hashes")
+    serialization = lazy_import("cryptography.hazmat.primitives.serialization")
+    ec = lazy_import("cryptography.hazmat.primitives.asymmetric.ec")
+    ed25519 = lazy_import("cryptography.hazmat.primitives.asymmetric.ed25519")
+    padding = lazy_import("cryptography.hazmat.primitives.asymmetric.padding")
+    rsa = lazy_import("cryptography.hazmat.primitives.asymmetric.rsa")
 
 SIGNING_DIR = "signing"
 PRIVATE_KEY = "signing.key"
 PUBLIC_KEY = "signing.pub"
-
-PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+# "<sha256 of the private key file> <key id>": the id of a key file seen before, without parsing it.
+KEY_ID_CACHE = "key-id"
 
 
 class SigningError(ApexError):
@@ -65,7 +78,7 @@ class SigningKey:
                 public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
             else:
                 public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
+        except exceptions.InvalidSignature:
             return False
         return True
 
@@ -119,6 +132,7 @@ def ensure_key(work_dir: Path, configured: str = "") -> tuple[SigningKey, bool]:
     key = _load(path)
     public = _public_pem(key)
     write_if_changed(folder / PUBLIC_KEY, public)
+    _remember_id(work_dir, path, public)
     return SigningKey(key, public, str(path)), generated
 
 
@@ -130,9 +144,30 @@ def public_pem_of(work_dir: Path, configured: str = "") -> bytes | None:
     return _public_pem(_load(path))
 
 
-def key_id_of(work_dir: Path, configured: str = "") -> str | None:
-    """The id of the key ``ensure_key`` would use, writing nothing; None: not generated yet."""
+def _remember_id(work_dir: Path, path: Path, public_pem: bytes) -> None:
+    line = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {_key_id(public_pem)}\n"
+    write_if_changed(Path(work_dir) / SIGNING_DIR / KEY_ID_CACHE, line)
+
+
+def key_id_of(work_dir: Path, configured: str = "", remember: bool = False) -> str | None:
+    """The id of the key ``ensure_key`` would use; None: not generated yet.
+
+    A key file seen before (same sha256, still mode 0600) is not parsed again: its id comes from
+    ``signing/key-id`` (written by ``ensure_key``, or here with ``remember``; else nothing is
+    written). Any other key is loaded and checked in full.
+    """
+    path = Path(configured).expanduser() if configured else Path(work_dir) / SIGNING_DIR / PRIVATE_KEY
+    if not configured and not path.exists():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        digest, key_id = (Path(work_dir) / SIGNING_DIR / KEY_ID_CACHE).read_text().split()
+        if not path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and \
+                hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            return key_id
     public = public_pem_of(work_dir, configured)
+    if public is not None and remember:
+        with contextlib.suppress(OSError):  # only a cache: no signing/ folder yet, a read-only dir
+            _remember_id(work_dir, path, public)
     return _key_id(public) if public is not None else None
 
 

@@ -4,6 +4,7 @@ the policy files and provenance.json (a few lines in the target, the rest here).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from apex_tools.core.config import Options
@@ -16,15 +17,19 @@ from apex_tools.registry.mirror import CopyResult
 from apex_tools.trust.images import ImageFacts, trust_images
 from apex_tools.trust.keys import ensure_key, key_id_of
 from apex_tools.trust.policy import write_policy
+from apex_tools.trust.sigstore import attachment_tag
 
 OFF = "off"
 
 
-def signing_state(options: Options) -> str | None:
-    """What push-registry's fingerprint holds of signing: "off", the key's id, or None (to generate)."""
+def signing_state(options: Options, remember: bool = False) -> str | None:
+    """What push-registry's fingerprint holds of signing: "off", the key's id, or None (to generate).
+
+    ``remember``: a real run's check may note the key's id (``keys.key_id_of``).
+    """
     if not options.signing.enabled:
         return OFF
-    return key_id_of(options.work_dir, options.signing.key)
+    return key_id_of(options.work_dir, options.signing.key, remember)
 
 
 def trust_plan(signing: str | None) -> str:
@@ -84,3 +89,32 @@ def trust_step(
     parameters = {"deploy_settings": options.deploy_settings, "os_version": run.os_version}
     outcome = trust_images(work, reach, facts, key, parameters, options.gerrit.url, options.jobs)
     return changes + outcome.changes
+
+
+def signed_subjects(images: Sequence[DeploymentImage], results: Sequence[CopyResult],
+                    rebuilds: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``repository@digest`` of every image ``trust_step`` signs (a rebuilt one under its ``:apex`` name)."""
+    copied = {str(r.job.target): r.digest for r in results}
+    out = set()
+    for image in images:
+        rebuild = rebuilds.get(image.name)
+        if rebuild and rebuild.get("digest"):
+            out.add(f"{ImageRef.parse(str(rebuild['ref'])).repository}@{rebuild['digest']}")
+        elif copied.get(str(image.target)):
+            out.add(f"{image.target.repository}@{copied[str(image.target)]}")
+    return sorted(out)
+
+
+def signature_digests(local: RegistryClient, subjects: Sequence[str], jobs: int) -> dict[str, str | None]:
+    """``repository@digest`` → the digest of its signature attachment (None: none), one HEAD each, in parallel.
+
+    A re-run compares these with what the last run recorded: a signature deleted or replaced
+    (another key) is noticed without reading or verifying any signature.
+    """
+    def head(subject: str) -> str | None:
+        repository, digest = subject.split("@", 1)
+        found = local.head_manifest(repository, attachment_tag(digest))
+        return found[0] if found else None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(subjects) or 1))) as pool:
+        return dict(zip(subjects, pool.map(head, subjects)))

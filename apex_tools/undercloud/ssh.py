@@ -19,11 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from apex_tools.core.errors import UndercloudError
 from apex_tools.core.state import atomic_write
+from apex_tools.core.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import paramiko
+else:  # loaded on first use: a run that never opens SSH (push-registry, a local undercloud) skips it
+    paramiko = lazy_import("paramiko")
 
 LOG = logging.getLogger(__name__)
 

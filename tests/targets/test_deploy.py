@@ -126,7 +126,7 @@ def test_without_tripleo_the_target_ends_ready_then_is_up_to_date(lab):
 
     result = deploy(RunContext(lab["options"]()))
     assert result.status is Status.READY and not result.failed
-    assert any(line.startswith(f"ready: {work / 'deploy_command'}; not run: the undercloud (local driver) has no "
+    assert any(line.startswith("ready: deploy_command (in the work dir); not run: the undercloud (local driver) has no "
                                "TripleO") for line in result.changes)
     # One line for the written files, named relative to the work dir (80 columns).
     assert "wrote deploy_command, instackenv.json, network-environment.yaml, upstream-environment.yaml, " \

@@ -158,7 +158,10 @@ def test_sorts_patches_writes_dockerfiles_manifests_and_state(tmp_path, gerrit, 
     assert "not found upstream" in reasons[(NOVA, "nova-libvirt")]
     statuses = {(i.name, i.status) for i in result.items}
     assert ("nova-libvirt", "missing upstream") in statuses and ("nova-api", "to rebuild") in statuses
-    assert any(c.startswith("nova-api: rebuild with openstack/nova " + NOVA) for c in result.changes)
+    # Counted at 80 columns; each image's row (the patches it takes) is an item (--verbose).
+    assert f"{len(UPSTREAM_NOVA)} images to rebuild" in result.changes
+    assert not any(": rebuild with" in c for c in result.changes)
+    assert any(i.name == "nova-api" and i.detail.startswith("openstack/nova " + NOVA) for i in result.items)
 
 
 def read_archive(path: Path) -> list[tarfile.TarInfo]:

@@ -17,6 +17,9 @@ from apex_tools.targets.push_registry import push_registry
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.server import stop_local_registry
 from apex_tools.core.run import RunContext, Status
+from apex_tools.core.reference import ImageRef
+from apex_tools.trust.keys import ensure_key
+from apex_tools.trust.sigstore import SIGNED, sign_image
 
 from conftest import free_port, need
 from registry_support import engine_push, forget_images, seed_default_deployment
@@ -96,6 +99,23 @@ def test_dry_run_then_mirror_then_up_to_date(lab):
     forced = push_registry(RunContext(lab["options"](), force=True))
     assert {i.status for i in forced.items} == {"already there"}
     assert {p.name: p.read_bytes() for p in work.glob("*.yaml")} == before, "same inputs, same bytes"
+
+
+def test_a_signature_replaced_in_the_registry_is_noticed_by_a_rerun(lab, tmp_path):
+    """The re-run reads no signature, yet one HEAD per signature tag notices another key's signature."""
+    work, local = lab["work"], lab["local"]
+    assert push_registry(RunContext(lab["options"]())).status is Status.CHANGED
+    assert push_registry(RunContext(lab["options"]())).status is Status.UP_TO_DATE
+    ref = ImageRef.parse(_params(work)["ContainerNovaApiImage"])
+    client = RegistryClient(local, tls="http")
+    digest = client.head_manifest(ref.repository, ref.reference)[0]
+    other, _ = ensure_key(tmp_path / "other")
+    assert sign_image(client, ref, digest, other).status == SIGNED  # replaces our signature
+
+    again = push_registry(RunContext(lab["options"]()))
+    assert again.status is Status.CHANGED, again.changes
+    assert any(c.startswith("signed 1 images (") for c in again.changes), again.changes
+    assert push_registry(RunContext(lab["options"]())).status is Status.UP_TO_DATE
 
 
 def _patch_context(work: Path, local: str, patch: str) -> Path:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from apex_tools.core.reference import ImageRef
 from apex_tools.registry.client import RegistryClient
-from apex_tools.trust.keys import SigningError, ensure_key, public_key_path
+from apex_tools.trust.keys import SigningError, ensure_key, key_id_of, public_key_path
 from apex_tools.trust.policy import write_policy
 from apex_tools.trust.sigstore import ALREADY_SIGNED, SIGNED, attachment_tag, sign_image
 
@@ -45,6 +45,23 @@ def test_key_is_generated_once_private_and_its_public_half_beside(tmp_path: Path
     assert stat.S_IMODE((tmp_path / "signing").stat().st_mode) == 0o700
     assert public_key_path(tmp_path).read_bytes() == key.public_pem
     assert b"PRIVATE" not in key.public_pem and "private" not in repr(key).lower().replace("privatekey", "")
+
+
+def test_key_id_is_remembered_by_the_key_files_bytes_and_a_changed_key_is_parsed_again(tmp_path: Path) -> None:
+    key, _ = ensure_key(tmp_path)
+    private = tmp_path / "signing" / "signing.key"
+    assert (tmp_path / "signing" / "key-id").read_text().split()[1] == key.key_id
+    assert key_id_of(tmp_path) == key.key_id
+    # Another key in the same file: the remembered id no longer applies.
+    private.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    other = key_id_of(tmp_path)
+    assert other is not None and other != key.key_id
+    assert other == ensure_key(tmp_path)[0].key_id
+    # The mode is checked even when the id is remembered.
+    os.chmod(private, 0o644)
+    with pytest.raises(SigningError, match="readable by others"):
+        key_id_of(tmp_path)
 
 
 def test_given_key_must_be_private_to_its_owner(tmp_path: Path) -> None:
