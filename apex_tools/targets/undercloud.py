@@ -112,9 +112,9 @@ def _undercloud(run: RunContext) -> TargetResult:
         "vars": extra_vars,
         "playbook": _playbook_digest(),
     })
-    if not provision.actions and record is not None and record.fingerprint == fp and not run.force:
+    if not provision.actions and not changes and record is not None and record.fingerprint == fp and not run.force:
         # A re-run of an unchanged undercloud touches it with one SSH check (is TripleO installed);
-        # anything short of "yes" takes the whole path below (wait, checks, playbook).
+        # anything short of "yes" (or a host key forgotten by --recreate) takes the whole path below.
         with contextlib.suppress(UndercloudError):
             if driver.installed():
                 return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"])

@@ -75,7 +75,13 @@ def test_a_lab_run_with_secrets_set_shows_and_records_none_of_them(tmp_path: Pat
                       ("apex config", shown.stdout + shown.stderr)):
         assert not [n for n in needles if n.decode() in out], f"{name} shows a secret"
     assert "registry.password" in shown.stdout and "********" in shown.stdout
-    leaks = {str(p.relative_to(work)): _holds(p, needles) for p in _files(work) if p != instackenv}
+    # The parameter file hands the nodes the local registry's credentials
+    # (ContainerImageRegistryCredentials): it holds that password alone, and is private.
+    parameters = work / "docker-images.yaml"
+    assert _holds(parameters, needles) == [SECRETS["APEX_REGISTRY_PASSWORD"].encode()]
+    assert parameters.stat().st_mode & 0o777 == 0o600
+    needles.append(hashlib.sha256(parameters.read_bytes()).hexdigest().encode())
+    leaks = {str(p.relative_to(work)): _holds(p, needles) for p in _files(work) if p not in (instackenv, parameters)}
     leaks = {name: found for name, found in leaks.items() if found}
     assert leaks == {}, f"work-dir files holding a secret or the instackenv digest: {leaks}"
     assert (work / "apex.log").stat().st_size > 0 and (work / "state").is_dir()
