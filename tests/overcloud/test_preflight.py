@@ -3,6 +3,7 @@ name, an unreadable or broken environment file, a THT environment the release la
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,14 @@ def test_unreadable_and_broken_environment_files_and_a_missing_tht_environment(t
     files = {p.name: p for p in (good, unreadable, broken)}
     problems = preflight.check_environment_files(
         files, ["environments/docker-ha.yaml", "environments/services/neutron-opendaylight.yaml"], THT)
-    assert [str(p) for p in problems] == [
-        f"[environment files] {unreadable}: cannot read: Is a directory — make upstream-environment.yaml readable "
-        "(or re-run the target that writes it)",
-        f"[environment files] {broken}: line 3, column 1: not valid YAML: expected ',' or ']', but got '<stream end>'"
-        " — fix virtual-environment.yaml or re-run the target that writes it",
+    shown = [str(p) for p in problems]
+    assert shown[0] == (f"[environment files] {unreadable}: cannot read: Is a directory — make "
+                        "upstream-environment.yaml readable (or re-run the target that writes it)")
+    # The parser's own words differ between libyaml and the pure-Python loader; the place does not.
+    assert re.fullmatch(re.escape(f"[environment files] {broken}: line 3, column 1: not valid YAML: ")
+                        + r".*expected ',' or '\]'.*"
+                        + re.escape(" — fix virtual-environment.yaml or re-run the target that writes it"), shown[1])
+    assert shown[2:] == [
         "[environment files] tripleo-heat-templates master has no environments/services/neutron-opendaylight.yaml"
         " — change the deploy settings' features, or use a release that has it",
     ]
