@@ -35,7 +35,7 @@ from apex_tools.core.templates import render
 from apex_tools.core.state import atomic_write, file_stamp, fingerprint
 from apex_tools.core.workdir import IMAGE_PATCHES_DIR, OVERCLOUD_QCOW2, UNDERCLOUD_QCOW2, artifact_dir
 from apex_tools.patching import image_patches
-from apex_tools.undercloud.base import Provision, SSHUndercloud
+from apex_tools.undercloud.base import Provision, SSHUndercloud, known_hosts_file
 from apex_tools.undercloud.image import prepare_image
 from apex_tools.undercloud.ssh import SSHTarget
 
@@ -493,7 +493,9 @@ class LibvirtUndercloud(SSHUndercloud):
     def ssh(self) -> SSHTarget:
         uc = self.options.undercloud
         if uc.ssh_forward:
-            return SSHTarget("127.0.0.1", uc.ssh_forward, uc.user, uc.key_path)
+            # The forwarded port is checked against the same pinned host key as any undercloud's.
+            path, pin = known_hosts_file(self.options)
+            return SSHTarget("127.0.0.1", uc.ssh_forward, uc.user, uc.key_path, path, pin)
         host = uc.host or self._address
         if host is None:
             host = self._address = self.lease_address(uc.wait_timeout)
