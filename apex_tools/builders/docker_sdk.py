@@ -55,7 +55,9 @@ class DockerBuilder(Builder):
                 self._client.ping()
             except Exception as exc:  # noqa: BLE001 - the SDK raises several unrelated types
                 raise EngineUnavailable(f"cannot reach the Docker engine: {exc}",
-                                        "start dockerd (or set DOCKER_HOST), or set builder_fallback: buildah") from None
+                                        "start the engine as scripts/setup.sh does (dockerd --bridge=none "
+                                        "--iptables=false --ip-masq=false), or set DOCKER_HOST, or "
+                                        "builder_fallback: buildah") from None
         return self._client
 
     def build(self, context: Path, tags: Sequence[str]) -> str:
