@@ -140,3 +140,22 @@ def test_config_shows_the_releases_ceph_image_not_an_empty_string(tmp_path):
     assert lines["ceph.tag"].split()[1].endswith("-luminous-centos-7-x86_64")
     result = cli("apex", "config", "--key", "ceph.tag", env={"PATH": "/usr/bin:/bin", "APEX_CEPH_TAG": "v9"})
     assert result.stdout.split()[1] == "v9" and "# environment" in result.stdout
+
+
+def test_apex_start_up_skips_what_invoke_loads_for_nothing_and_leaves_the_real_modules_after():
+    """The entry point gives Invoke PyYAML and a passing stand-in for unittest.mock: no asyncio,
+    no vendored YAML; a later ``import unittest.mock`` is the real one; the console script and
+    ``python -m apex_tools`` both go through it."""
+    code = (
+        "import sys, apex_tools.__main__ as m; m._lighter_invoke(); import apex_tools.main, invoke.util, yaml; "
+        "loaded = sorted(n for n in ('asyncio', 'unittest.mock', 'invoke.vendor.yaml.reader') if n in sys.modules); "
+        "import unittest.mock; "
+        "print(loaded, invoke.util.yaml is yaml, hasattr(unittest.mock, 'patch'), unittest.mock is sys.modules['unittest.mock'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "True", "True", "True"]
+    scripts = (REPO / "pyproject.toml").read_text()
+    assert 'apex = "apex_tools.__main__:main"' in scripts
+    version = cli("apex", "--version")
+    assert version.returncode == 0 and version.stdout.startswith("apex-tools"), version.stderr

@@ -42,7 +42,7 @@ SDN_OF_DRIVER = {"odl": "opendaylight", "ovn": "ovn"}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class _ProjectEntry(_Strict):

@@ -14,23 +14,18 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress as RichProgress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from apex_tools.core.run import Item, Progress, TargetResult
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
 
 LOGGER = "apex_tools"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -117,6 +112,17 @@ class Output:
     def progress(self, description: str, total: int | None = None) -> Iterator[Progress]:
         """A bar on a terminal; otherwise a log line at start, at most every 10 s, and at the end."""
         if self.interactive:
+            # Here: only a terminal draws bars (and a run with nothing to move never asks for one).
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress as RichProgress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
             columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
             with RichProgress(*columns, console=self.err, transient=True) as bar:

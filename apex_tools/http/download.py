@@ -35,7 +35,7 @@ from apex_tools.http.filecache import (
     read_validators,
     write_validators,
 )
-from apex_tools.http.retry import retry_after
+from apex_tools.http.retry import retry_after, why
 from apex_tools.core.run import ProgressFactory, null_progress
 from apex_tools.core.state import fsync_path
 
@@ -118,26 +118,6 @@ def local_source(url: str) -> Path | None:
 def join_url(base: str, name: str) -> str:
     """``base`` (a folder URL or path, with or without a trailing slash) plus ``name``."""
     return base.rstrip("/") + "/" + name
-
-
-def why(exc: BaseException) -> str:
-    """A network error in a few words ("Connection refused", "read timed out"), not urllib3's nesting."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
-        return "read timed out"
-    text = str(exc)
-    if re.search(r"Failed to resolve|Name or service not known|Temporary failure in name resolution|"
-                 r"No address associated with hostname|getaddrinfo failed", text):
-        host = re.search(r"Failed to resolve '([^']+)'|host='([^']+)'", text)
-        name = next((g for g in host.groups() if g), "") if host else ""
-        return f"name resolution failed for {name}" if name else "name resolution failed"
-    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if found:
-        return found.group(1).strip()
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
-        return "connection broken"
-    return exc.__class__.__name__
 
 
 def _content_range(response: requests.Response) -> tuple[int, int] | None:

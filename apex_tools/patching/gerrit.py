@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 
 from apex_tools.core.errors import GerritError
 from apex_tools.core.render_safety import shown
-from apex_tools.http.download import why
+from apex_tools.http.retry import why
 from apex_tools.http.retry import CappedRetry
 from apex_tools.core.state import atomic_write
 

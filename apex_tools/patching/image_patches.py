@@ -29,7 +29,7 @@ MISSING_TOOL = "apex-patch-tool-missing"
 class ImagePatch(BaseModel):
     """One patch for the disk image, as patch-containers recorded it."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     project: str = Field(min_length=1)
     change_id: str = Field(min_length=1)

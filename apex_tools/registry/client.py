@@ -24,8 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from apex_tools.core.errors import RegistryError
-from apex_tools.http.download import why
-from apex_tools.http.retry import MAX_WAIT, retry_after
+from apex_tools.http.retry import MAX_WAIT, retry_after, why
 from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token, refuse_credentials
 
 log = logging.getLogger(__name__)
@@ -459,6 +458,18 @@ class RegistryClient:
             if response.status_code == 201:
                 return None
             return urljoin(self.base + "/", response.headers["Location"])
+
+    def put_blob(self, repository: str, digest: str, data: bytes) -> bool:
+        """Make ``repository`` hold the in-memory blob ``data``; False when it was there already.
+
+        One POST mounting the blob from the repository itself answers 201 when it is there and
+        otherwise opens the upload the PUT then fills: one request fewer than HEAD, POST, PUT.
+        """
+        location = self.mount_blob(repository, digest, repository)
+        if location is None:
+            return False
+        self.upload_blob(repository, digest, data, len(data), location)
+        return True
 
     def start_upload(self, repository: str) -> str:
         """Open an upload session; returns its URL."""

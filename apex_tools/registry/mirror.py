@@ -25,7 +25,7 @@ import requests
 
 from apex_tools.core.errors import ApexError
 from apex_tools.core.reference import ImageRef
-from apex_tools.http.download import why
+from apex_tools.http.retry import why
 from apex_tools.registry.client import Manifest, RegistryClient, RegistryHTTPError
 
 log = logging.getLogger(__name__)

@@ -318,23 +318,20 @@ def _changes(scratch: _Scratch, originals: Mapping[str, tarfile.TarInfo], layers
 
 def push_blobs(client: RegistryClient, repository: str, blobs: Sequence[bytes], holders: Mapping[str, str]) -> int:
     """Make every blob present in ``repository``: mount it from the repository ``holders`` names
-    (digest → repository), else HEAD, else upload. Returns how many were uploaded."""
+    (digest → repository), else upload it unless it is there. Returns how many were uploaded."""
     uploads = 0
     for blob in blobs:
         digest = sha256_digest(blob)
-        location = None
         if holders.get(digest, repository) != repository:
             try:
                 location = client.mount_blob(repository, digest, holders[digest])
             except RegistryHTTPError:
-                location = None  # a registry refusing mounts: upload instead
-            else:
-                if location is None:  # mounted
-                    continue
-        elif client.has_blob(repository, digest) is not None:
-            continue
-        client.upload_blob(repository, digest, blob, len(blob), location=location)
-        uploads += 1
+                location = client.start_upload(repository)  # a registry refusing mounts: upload instead
+            if location is not None:
+                client.upload_blob(repository, digest, blob, len(blob), location=location)
+                uploads += 1
+        elif client.put_blob(repository, digest, blob):
+            uploads += 1
     return uploads
 
 

@@ -111,13 +111,13 @@ class Resolved:
 
 
 class _LocalPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     path: str = Field(min_length=1)
     project: str = Field(min_length=1)
 
 
 class _LocalPatches(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     overcloud: tuple[_LocalPatch, ...] = ()
     undercloud: tuple[_LocalPatch, ...] = ()
 

@@ -314,12 +314,14 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     if written:
         changes.append(f"wrote {', '.join(written)}")
     rebuilds = _rebuild_records(run, actions, done, check.named)
-    changes += trust_step(run, local, check.named, [(h.image, h.upstream) for h in check.heads], results, rebuilds)
+    trusted, signed = trust_step(run, local, check.named, [(h.image, h.upstream) for h in check.heads], results,
+                                 rebuilds)
+    changes += trusted
     if check.signing is None:  # the key was generated just now
         fp = _fingerprint(check.heads, actions, check.insecure, check.named, signing_state(options))
     # What the trust step left in the registry, so a re-run notices a signature deleted or replaced.
     signatures = {} if check.signing == OFF else \
-        signature_digests(local, signed_subjects(check.images, results, rebuilds), options.jobs)
+        signature_digests(local, signed_subjects(check.images, results, rebuilds), options.jobs, signed)
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": check.named,
         "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},

@@ -19,7 +19,7 @@ from apex_tools.core.reference import ImageRef
 from apex_tools.registry.client import RegistryClient
 from apex_tools.trust.keys import SigningKey
 from apex_tools.trust.provenance import attach, patch_dependency, statement, update_provenance, write_statement
-from apex_tools.trust.sigstore import SIGNED, attachment_tag, sign_image
+from apex_tools.trust.sigstore import SIGNED, Signed, attachment_tag, sign_image
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TrustOutcome:
     already_signed: int = 0
     attached: int = 0
     changes: list[str] = field(default_factory=list)
+    # ``repository@digest`` of each image signed → its signature manifest's digest in the registry.
+    signatures: dict[str, str] = field(default_factory=dict)
 
 
 def _patches(rebuild: Mapping[str, Any], gerrit_url: str) -> list[dict[str, Any]]:
@@ -96,9 +98,9 @@ def trust_images(
     outcome = TrustOutcome()
     by_ref = {str(i.local): i for i in images}  # one image may fill several parameters
 
-    def one(facts: ImageFacts) -> tuple[bool, bool]:
+    def one(facts: ImageFacts) -> tuple[Signed | None, bool]:
         client, there = reach(facts.local)
-        signed = sign_image(client, facts.local, facts.digest, key).status == SIGNED if key else False
+        signed = sign_image(client, facts.local, facts.digest, key) if key else None
         attached = False
         if facts.rebuild is not None:
             rebuild = facts.rebuild
@@ -114,8 +116,10 @@ def trust_images(
     # Each image is a handful of small requests, mostly waiting on the registry: twice ``jobs`` at a time.
     with ThreadPoolExecutor(max_workers=max(1, jobs * 2)) as pool:
         done = list(pool.map(one, by_ref.values()))
-    outcome.signed = sum(1 for s, _ in done if s)
+    outcome.signed = sum(1 for s, _ in done if s is not None and s.status == SIGNED)
     outcome.already_signed = len(done) - outcome.signed if key else 0
+    outcome.signatures = {f"{facts.local.repository}@{facts.digest}": s.signature
+                          for facts, (s, _) in zip(by_ref.values(), done) if s is not None}
     outcome.attached = sum(1 for _, a in done if a)
     if key and outcome.signed:
         outcome.changes.append(f"signed {outcome.signed} images ({outcome.already_signed} already signed)")

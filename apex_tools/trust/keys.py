@@ -8,6 +8,7 @@ tool sees is the public half (``signing/signing.pub``) and its id.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -149,6 +150,34 @@ def _remember_id(work_dir: Path, path: Path, public_pem: bytes) -> None:
     write_if_changed(Path(work_dir) / SIGNING_DIR / KEY_ID_CACHE, line)
 
 
+def _seen_id(work_dir: Path, path: Path) -> str | None:
+    """The id ``signing/key-id`` records for the key file at ``path``, when the file is the one
+    recorded (same sha256, still mode 0600); None otherwise."""
+    with contextlib.suppress(OSError, ValueError):
+        digest, key_id = (Path(work_dir) / SIGNING_DIR / KEY_ID_CACHE).read_text().split()
+        if not path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and \
+                hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            return key_id
+    return None
+
+
+def seen_public_pem(work_dir: Path, configured: str = "") -> bytes | None:
+    """``signing/signing.pub`` when it is the public half of the key ``ensure_key`` would use, known
+    without loading that key: the key file is the one ``signing/key-id`` records and the .pub's
+    key hashes to the recorded id. None: load the key (``ensure_key``)."""
+    path = Path(configured).expanduser() if configured else Path(work_dir) / SIGNING_DIR / PRIVATE_KEY
+    key_id = _seen_id(work_dir, path)
+    if key_id is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):  # binascii.Error is a ValueError
+        public = (Path(work_dir) / SIGNING_DIR / PUBLIC_KEY).read_bytes()
+        # The DER of a PEM is its base64 body: hashed here without the cryptography library.
+        body = b"".join(line for line in public.splitlines() if line and not line.startswith(b"-----"))
+        if "sha256:" + hashlib.sha256(base64.b64decode(body, validate=True)).hexdigest() == key_id:
+            return public
+    return None
+
+
 def key_id_of(work_dir: Path, configured: str = "", remember: bool = False) -> str | None:
     """The id of the key ``ensure_key`` would use; None: not generated yet.
 
@@ -159,11 +188,9 @@ def key_id_of(work_dir: Path, configured: str = "", remember: bool = False) -> s
     path = Path(configured).expanduser() if configured else Path(work_dir) / SIGNING_DIR / PRIVATE_KEY
     if not configured and not path.exists():
         return None
-    with contextlib.suppress(OSError, ValueError):
-        digest, key_id = (Path(work_dir) / SIGNING_DIR / KEY_ID_CACHE).read_text().split()
-        if not path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and \
-                hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-            return key_id
+    key_id = _seen_id(work_dir, path)
+    if key_id is not None:
+        return key_id
     public = public_pem_of(work_dir, configured)
     if public is not None and remember:
         with contextlib.suppress(OSError):  # only a cache: no signing/ folder yet, a read-only dir

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from apex_tools.core.config import Options
-from apex_tools.trust.keys import ensure_key, public_pem_of
+from apex_tools.trust.keys import ensure_key, public_pem_of, seen_public_pem
 from apex_tools.trust.policy import (
     NODE_POLICY,
     NODE_PUBLIC_KEY,
@@ -28,9 +28,11 @@ def node_files(options: Options, registry: str, create: bool = True) -> dict[str
     if not options.signing.enabled:
         return {}
     if create:
-        key, _ = ensure_key(options.work_dir, options.signing.key)
+        # A re-run knows the public half without loading the key (and the cryptography library).
+        public = seen_public_pem(options.work_dir, options.signing.key)
+        if public is None:
+            public = ensure_key(options.work_dir, options.signing.key)[0].public_pem
         write_policy(options.work_dir, registry)
-        public = key.public_pem
     else:
         public = public_pem_of(options.work_dir, options.signing.key) or TO_GENERATE.encode()
     return {

@@ -171,8 +171,7 @@ def attach(client: RegistryClient, repository: str, subject: Manifest, envelope_
             return False
         entries = [e for e in entries if e.get("artifactType") != IN_TOTO_JSON]
     for blob in (EMPTY, envelope_raw):
-        if client.has_blob(repository, sha256_digest(blob)) is None:
-            client.upload_blob(repository, sha256_digest(blob), blob, len(blob))
+        client.put_blob(repository, sha256_digest(blob), blob)
     client.put_manifest(repository, referrer_digest, Manifest(OCI_MANIFEST, referrer_digest, referrer))
     entries.append({"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": len(referrer),
                     "artifactType": IN_TOTO_JSON, "annotations": {PREDICATE_ANNOTATION: SLSA_PROVENANCE}})

@@ -14,7 +14,6 @@ from apex_tools.core.workdir import PATCH_CONTAINERS
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.deployment import DeploymentImage
 from apex_tools.registry.mirror import CopyResult
-from apex_tools.trust.images import ImageFacts, trust_images
 from apex_tools.trust.keys import ensure_key, key_id_of
 from apex_tools.trust.policy import write_policy
 from apex_tools.trust.sigstore import attachment_tag
@@ -48,7 +47,7 @@ def trust_step(
     images: Sequence[tuple[DeploymentImage, str | None]],
     results: Sequence[CopyResult],
     rebuilds: Mapping[str, Mapping[str, Any]],
-) -> list[str]:
+) -> tuple[list[str], dict[str, str]]:
     """Sign every image of the parameter file, attach the rebuilds' statements, write the policy
     files and provenance.json; the one-line changes.
 
@@ -57,6 +56,9 @@ def trust_step(
     push-registry's record of each rebuilt image (its ``:apex`` digest from the push, base and
     its digest, builder, patches). ``local`` reaches the registry the files call ``named``.
     """
+    # Here, not at the top: a run with nothing to do never signs (and never pays for the import).
+    from apex_tools.trust.images import ImageFacts, trust_images
+
     options = run.options
     work = options.work_dir
     changes: list[str] = []
@@ -88,7 +90,7 @@ def trust_step(
 
     parameters = {"deploy_settings": options.deploy_settings, "os_version": run.os_version}
     outcome = trust_images(work, reach, facts, key, parameters, options.gerrit.url, options.jobs)
-    return changes + outcome.changes
+    return changes + outcome.changes, outcome.signatures
 
 
 def signed_subjects(images: Sequence[DeploymentImage], results: Sequence[CopyResult],
@@ -105,13 +107,19 @@ def signed_subjects(images: Sequence[DeploymentImage], results: Sequence[CopyRes
     return sorted(out)
 
 
-def signature_digests(local: RegistryClient, subjects: Sequence[str], jobs: int) -> dict[str, str | None]:
+def signature_digests(local: RegistryClient, subjects: Sequence[str], jobs: int,
+                      known: Mapping[str, str] | None = None) -> dict[str, str | None]:
     """``repository@digest`` → the digest of its signature attachment (None: none), one HEAD each, in parallel.
 
     A re-run compares these with what the last run recorded: a signature deleted or replaced
-    (another key) is noticed without reading or verifying any signature.
+    (another key) is noticed without reading or verifying any signature. ``known``: digests this
+    run just wrote or read (the signing's own answers), not asked again.
     """
+    known = known or {}
+
     def head(subject: str) -> str | None:
+        if subject in known:
+            return known[subject]
         repository, digest = subject.split("@", 1)
         found = local.head_manifest(repository, attachment_tag(digest))
         return found[0] if found else None

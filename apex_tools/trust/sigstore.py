@@ -50,11 +50,13 @@ def _json(data: object) -> bytes:
 
 @dataclass(frozen=True)
 class Signed:
-    """How one image's signing ended: its name, digest and status (signed / already signed)."""
+    """How one image's signing ended: its name, digest and status (signed / already signed), and
+    the digest of the signature manifest now tagged beside it."""
 
     identity: str
     digest: str
     status: str
+    signature: str = ""
 
 
 def _ours(layer: dict[str, object], body: bytes, key: SigningKey) -> bool:
@@ -82,9 +84,10 @@ def sign_image(client: RegistryClient, ref: ImageRef, digest: str, key: SigningK
     repository, tag = ref.repository, attachment_tag(digest)
     layers: list[dict[str, object]] = []
     if client.head_manifest(repository, tag) is not None:
-        layers = list(client.get_manifest(repository, tag).json().get("layers") or [])
+        existing = client.get_manifest(repository, tag)
+        layers = list(existing.json().get("layers") or [])
         if any(_ours(layer, body, key) for layer in layers):
-            return Signed(identity, digest, ALREADY_SIGNED)
+            return Signed(identity, digest, ALREADY_SIGNED, existing.digest)
         # The same payload signed by another (an old) key is replaced; other names' layers stay.
         layers = [layer for layer in layers if layer.get("digest") != sha256_digest(body)]
     signature = base64.b64encode(key.sign(body)).decode()
@@ -94,10 +97,9 @@ def sign_image(client: RegistryClient, ref: ImageRef, digest: str, key: SigningK
     config = _json({"architecture": "", "os": "", "config": {},
                     "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}})
     for blob in (body, config):
-        if client.has_blob(repository, sha256_digest(blob)) is None:
-            client.upload_blob(repository, sha256_digest(blob), blob, len(blob))
+        client.put_blob(repository, sha256_digest(blob), blob)
     raw = _json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                  "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
                  "layers": layers})
-    client.put_manifest(repository, tag, Manifest(OCI_MANIFEST, sha256_digest(raw), raw))
-    return Signed(identity, digest, SIGNED)
+    put = client.put_manifest(repository, tag, Manifest(OCI_MANIFEST, sha256_digest(raw), raw))
+    return Signed(identity, digest, SIGNED, put)

@@ -68,8 +68,11 @@ class SSHTarget:
                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
 
 
-class HostKeyUnknown(paramiko.SSHException):
-    """The server's host key is in no known_hosts file and may not be recorded."""
+class HostKeyUnknown(Exception):
+    """The server's host key is in no known_hosts file and may not be recorded.
+
+    Not a ``paramiko.SSHException`` (defining it would import paramiko with this module); both
+    callers of ``connect`` catch it by name."""
 
 
 def key_fingerprint(key: paramiko.PKey) -> str:
@@ -79,8 +82,11 @@ def key_fingerprint(key: paramiko.PKey) -> str:
     return f"{kind} SHA256:{digest}"
 
 
-class _PinFirstKey(paramiko.MissingHostKeyPolicy):
-    """Record an unknown host's key in the target's known_hosts (pin), or refuse it."""
+class _PinFirstKey:
+    """Record an unknown host's key in the target's known_hosts (pin), or refuse it.
+
+    A ``paramiko.MissingHostKeyPolicy`` by duck typing: paramiko only calls ``missing_host_key``,
+    and subclassing would import paramiko with this module."""
 
     def __init__(self, target: SSHTarget) -> None:
         self.target = target

@@ -51,6 +51,20 @@ def test_mount_across_repositories_moves_no_bytes(registry):
     assert client.upload_blob("apex/third", layer, blob, len(blob), location) == len(blob)
 
 
+def test_put_blob_uploads_once_and_then_finds_it_with_one_post(registry):
+    client = RegistryClient(registry.address, tls="http")
+    blob, _ = layer_blob("small", 300)
+    from registry_support import digest_of
+
+    digest = digest_of(blob)
+    assert client.put_blob("apex/sig", digest, blob) is True
+    assert client.get_blob("apex/sig", digest) == blob
+    assert client.put_blob("apex/sig", digest, blob) is False  # there already: the mount answered 201
+    # In the registry but not in this repository: uploaded here too (never mounted from elsewhere).
+    assert client.put_blob("apex/other-sig", digest, blob) is True
+    assert client.has_blob("apex/other-sig", digest) == len(blob)
+
+
 def test_upload_with_wrong_digest_is_refused(registry):
     client = RegistryClient(registry.address, tls="http")
     blob, _ = layer_blob("x", 1000)

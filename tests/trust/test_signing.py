@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from apex_tools.core.reference import ImageRef
 from apex_tools.registry.client import RegistryClient
-from apex_tools.trust.keys import SigningError, ensure_key, key_id_of, public_key_path
+from apex_tools.trust.keys import SigningError, ensure_key, key_id_of, public_key_path, seen_public_pem
 from apex_tools.trust.policy import write_policy
 from apex_tools.trust.sigstore import ALREADY_SIGNED, SIGNED, attachment_tag, sign_image
 
@@ -64,6 +64,24 @@ def test_key_id_is_remembered_by_the_key_files_bytes_and_a_changed_key_is_parsed
         key_id_of(tmp_path)
 
 
+def test_public_half_is_known_without_the_key_only_while_key_id_vouches_for_both_files(tmp_path: Path) -> None:
+    assert seen_public_pem(tmp_path) is None  # no key yet
+    key, _ = ensure_key(tmp_path)
+    assert seen_public_pem(tmp_path) == key.public_pem
+    # signing.pub replaced by another key's public half: not the recorded id, so not trusted.
+    other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_key_path(tmp_path).write_bytes(other)
+    assert seen_public_pem(tmp_path) is None
+    public_key_path(tmp_path).write_bytes(b"-----BEGIN PUBLIC KEY-----\n!!not base64!!\n-----END PUBLIC KEY-----\n")
+    assert seen_public_pem(tmp_path) is None
+    assert ensure_key(tmp_path)[0].public_pem == key.public_pem and seen_public_pem(tmp_path) == key.public_pem
+    # Another private key in the file: the record no longer applies.
+    (tmp_path / "signing" / "signing.key").write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    assert seen_public_pem(tmp_path) is None
+
+
 def test_given_key_must_be_private_to_its_owner(tmp_path: Path) -> None:
     path = tmp_path / "cosign.key"
     path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -82,7 +100,9 @@ def test_skopeo_accepts_our_signature_and_a_resign_writes_nothing(signed_setup) 
     client, manifest, work, key = signed_setup
     ref = ImageRef(client.host, REPO, "apex")
     assert skopeo_verdict(work, str(ref)).status == UNSIGNED
-    assert sign_image(client, ref, manifest.digest, key).status == SIGNED
+    signed = sign_image(client, ref, manifest.digest, key)
+    assert signed.status == SIGNED
+    assert signed.signature == client.head_manifest(REPO, attachment_tag(manifest.digest))[0]
     verdict = skopeo_verdict(work, str(ref))
     assert verdict.status != UNSIGNED and len(verdict.fetched) == 1, verdict.output  # skopeo found our layer
     ok, out = accepted(work, client, str(ref), REPO, manifest.digest)
@@ -90,7 +110,8 @@ def test_skopeo_accepts_our_signature_and_a_resign_writes_nothing(signed_setup) 
     ok, out = accepted(work, client, f"{client.host}/{REPO}@{manifest.digest}", REPO, manifest.digest)
     assert ok, out
     sig = client.head_manifest(REPO, attachment_tag(manifest.digest))
-    assert sign_image(client, ref, manifest.digest, key).status == ALREADY_SIGNED
+    again = sign_image(client, ref, manifest.digest, key)
+    assert again.status == ALREADY_SIGNED and sig is not None and again.signature == sig[0]
     assert client.head_manifest(REPO, attachment_tag(manifest.digest)) == sig  # not rewritten
     assert sign_image(client, ref, manifest.digest, key).status == ALREADY_SIGNED
 
