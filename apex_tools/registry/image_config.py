@@ -7,9 +7,10 @@ or a list/index, whose linux/amd64 entry is followed), then the config blob.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from apex_tools.core.errors import RegistryError
 from apex_tools.core.reference import ImageRef
@@ -37,8 +38,16 @@ def platform_entry(children: list[dict]) -> dict | None:
     return children[0] if children else None
 
 
-def inspect_image(client: RegistryClient, ref: ImageRef) -> ImageInfo | None:
-    """The image's creation time and user from its config blob; None when the registry lacks it."""
+# A config blob's digest names its content: what was read of it once holds for good.
+CONFIGS_KEPT = 256
+
+
+def inspect_image(client: RegistryClient, ref: ImageRef,
+                  configs: MutableMapping[str, Any] | None = None) -> ImageInfo | None:
+    """The image's creation time and user from its config blob; None when the registry lacks it.
+
+    ``configs`` (config digest → ``{"created", "user"}``) spares the blob's GET for a config read
+    before; new ones are added (the oldest dropped past ``CONFIGS_KEPT``)."""
     try:
         manifest = client.get_manifest(ref.repository, ref.reference)
         if manifest.is_index:
@@ -53,5 +62,12 @@ def inspect_image(client: RegistryClient, ref: ImageRef) -> ImageInfo | None:
     config = manifest.json().get("config", {}).get("digest")
     if not config:
         raise RegistryError(f"{ref}: manifest has no config blob (schema 1?)", "use schema 2 or OCI images upstream")
-    data = json.loads(client.get_blob(ref.repository, config))
-    return ImageInfo(created=parse_time(data.get("created")), user=(data.get("config") or {}).get("User") or "")
+    known = configs.get(config) if configs is not None else None
+    if not isinstance(known, dict) or not {"created", "user"} <= set(known):
+        data = json.loads(client.get_blob(ref.repository, config))
+        known = {"created": data.get("created"), "user": (data.get("config") or {}).get("User") or ""}
+        if configs is not None:
+            configs[config] = known
+            while len(configs) > CONFIGS_KEPT:
+                del configs[next(iter(configs))]
+    return ImageInfo(created=parse_time(known["created"]), user=known["user"])

@@ -150,11 +150,14 @@ def requested(run: RunContext) -> list[Request]:
     return out
 
 
+CONFIGS_KEY = "configs"
+
+
 class CachedLookups:
     """Upstream image configs and disk-image ages, remembered in the work dir for no_fetch runs."""
 
     def __init__(self, path: Path, inspect: Inspector, artifact_time: Callable[[str], datetime | None],
-                 offline: bool) -> None:
+                 offline: bool, configs: dict[str, Any] | None = None) -> None:
         self.path = path
         self._inspect = inspect
         self._artifact_time = artifact_time
@@ -164,6 +167,11 @@ class CachedLookups:
         except (OSError, ValueError):
             self.data = {}
         self._seen: dict[str, Any] = {}
+        # Image configs read before, by digest (``inspect_image``'s cache), kept with the rest.
+        self.configs = configs if configs is not None else {}
+        kept = self.data.get(CONFIGS_KEY)
+        self.configs.update(kept if isinstance(kept, dict) else {})
+        self.data[CONFIGS_KEY] = self.configs
 
     def _lookup(self, key: str, fetch: Callable[[], Any], what: str) -> Any:
         if key in self._seen:
@@ -470,10 +478,11 @@ def _remove_stale(root: Path, keep: set[Path]) -> list[str]:
     return removed
 
 
-def default_inspector(run: RunContext) -> Inspector:
-    """Read upstream image configs with push-registry's clients (same TLS modes and credentials)."""
+def default_inspector(run: RunContext, configs: dict[str, Any] | None = None) -> Inspector:
+    """Read upstream image configs with push-registry's clients (same TLS modes and credentials);
+    ``configs``: the ones read before, by digest (a re-run GETs each manifest, not its config)."""
     clients = Clients(run.options, run.registry_address)
-    return lambda ref: inspect_image(clients(ref.registry), ref)
+    return lambda ref: inspect_image(clients(ref.registry), ref, configs)
 
 
 def patch_containers(
@@ -487,18 +496,20 @@ def patch_containers(
     work = opts.work_dir
     gerrit = gerrit or GerritClient(opts.gerrit.url, work / GERRIT_CACHE, timeout=opts.gerrit.timeout,
                                     tries=opts.gerrit.tries, offline=opts.cache_only, write_cache=not run.dry_run)
-    lookups = CachedLookups(work / LOOKUPS_CACHE, inspect or default_inspector(run),
+    configs: dict[str, Any] = {}
+    lookups = CachedLookups(work / LOOKUPS_CACHE, inspect or default_inspector(run, configs),
                             artifact_time or (lambda url: http_last_modified(url, opts.gerrit.timeout)),
-                            offline=opts.cache_only)
+                            offline=opts.cache_only, configs=configs)
     plan = make_plan(run, gerrit, lookups)
     fp = fingerprint({"files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(plan.files.items())},
                       "data": plan.data})
+    if not run.dry_run:
+        lookups.save()  # a cache: written when it learnt something (a config read for the first time)
     if run.up_to_date(TARGET, fp):
         return TargetResult(TARGET, Status.UP_TO_DATE, ["up to date"], plan.items)
     if run.dry_run:
         changes = (plan.rebuilds + plan.changes) or ["no patches: write an empty containers archive"]
         return TargetResult(TARGET, Status.PLANNED, changes + [f"write {ARCHIVE}"], plan.items)
-    lookups.save()
     paths = {name: work / name for name in plan.files}
     keep = set(paths.values())
     removed = _remove_stale(work / CONTAINERS_DIR, keep) + _remove_stale(work / IMAGE_PATCHES_DIR, keep)

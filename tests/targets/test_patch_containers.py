@@ -459,6 +459,13 @@ def test_inspect_image_reads_created_and_user_through_lists_and_reports_missing(
     assert direct.created is not None and direct.created.tzinfo is not None
     assert inspect_image(client, base.with_tag("no-such-tag")) is None
     assert inspect_image(client, ImageRef.parse(f"{upstream.address}/tripleomaster/centos-binary-nova-libvirt:x")) is None
+    # A config read once is known by its digest: its blob is not asked for again.
+    configs: dict = {}
+    assert inspect_image(client, base, configs) == direct
+    config = single.json()["config"]["digest"]
+    assert list(configs) == [config] and configs[config]["user"] == "1000"
+    configs[config] = {"created": None, "user": "from-the-cache"}
+    assert inspect_image(client, base, configs).user == "from-the-cache"
 
 
 @pytest.mark.parametrize(
