@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -93,6 +92,8 @@ class Output:
         self.log_file = log_file
         level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
         if self.interactive:
+            from rich.logging import RichHandler  # a terminal's only (a pipe gets plain lines)
+
             screen: logging.Handler = RichHandler(console=self.err, show_path=False, markup=False)
             screen.setFormatter(logging.Formatter("%(message)s"))
         else:
