@@ -72,8 +72,9 @@ class RegistryStorage:
             return False
         path = self.blob_path(digest)
         try:
-            with atomic_file(path) as out:
+            with atomic_file(path, durable=False) as out:
                 copy_verified(stream, size, out, item, digest)
+                _sync(out)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the blob's folder, when nothing else is in it
@@ -92,9 +93,18 @@ class RegistryStorage:
             if path.read_bytes() == digest.encode():
                 return
         try:
-            atomic_write(path, digest)
+            with atomic_file(path, durable=False) as out:
+                out.write(digest.encode())
+                _sync(out)
         except OSError as exc:
             raise _write_error(item, path, exc) from None
+
+
+def _sync(out: IO[bytes]) -> None:
+    """The file's bytes to disk before it is renamed in, as the registry's own writes are; the
+    rename itself is not synced (neither is the registry's): a crash may lose it, never tear it."""
+    out.flush()
+    os.fdatasync(out.fileno())
 
 
 def _write_error(item: str, path: Path, exc: OSError) -> BundleError:
@@ -108,13 +118,17 @@ def _hex(digest: str) -> str:
     return digest[7:]
 
 
+WRITE_BEHIND = 8 * CHUNK
+
+
 def copy_verified(stream: IO[bytes], size: int, out: IO[bytes], item: str, digest: str) -> None:
-    """Copy ``size`` bytes, hashing them on the way (one pass, one reused buffer); IntegrityError
-    unless they hash to ``digest``."""
+    """Copy ``size`` bytes into the file ``out``, hashing them on the way (one pass, one reused
+    buffer); IntegrityError unless they hash to ``digest``."""
     hashed = hashlib.sha256()
     buffer = memoryview(bytearray(CHUNK))
     readinto = getattr(stream, "readinto", None)
     left = size
+    behind = 0  # bytes already handed to the disk's writeback
     while left:
         want = min(CHUNK, left)
         if readinto is not None:
@@ -128,6 +142,12 @@ def copy_verified(stream: IO[bytes], size: int, out: IO[bytes], item: str, diges
         hashed.update(chunk)
         out.write(chunk)
         left -= count
+        if size - left - behind >= WRITE_BEHIND:
+            # Start writing this window back now (DONTNEED starts writeback of dirty pages), so
+            # the sync at the end waits for less: the disk works while we hash the next one.
+            out.flush()
+            os.posix_fadvise(out.fileno(), behind, size - left - behind, os.POSIX_FADV_DONTNEED)
+            behind = size - left
     actual = "sha256:" + hashed.hexdigest()
     if left or actual != digest:
         raise IntegrityError(item, digest, actual, size - left)
