@@ -14,7 +14,10 @@ Goals: bundle <= 1.02x the unique blob bytes; export + import >= 2x faster than 
 peak RSS of the large set's processes <= 1.2x the small set's.
 
     python bench/bundle.py            # 45 small images + 3 large ones (256 MiB layers)
-    python bench/bundle.py --short    # 16 small + 1 large (64 MiB), same columns (CI, < 90 s)
+    python bench/bundle.py --short    # 16 small + 1 large (128 MiB), same columns (CI, ~16 s)
+
+--short's large layer is 128 MiB, not less: below that the large set's ratio measures the start
+of our two Python processes (~0.25 s each) against skopeo's Go binaries, not the copying.
 
 Exits non-zero only when an imported digest differs from upstream's; a missed goal is printed.
 """
@@ -196,7 +199,7 @@ def main() -> int:
     if shutil.which("skopeo") is None:
         print("skopeo not found (apt-get install skopeo)", file=sys.stderr)
         return 1
-    small, large, scale, large_mb = (16, 1, 0.25, 64) if args.short else (45, 3, 1.0, 256)
+    small, large, scale, large_mb = (16, 1, 0.25, 128) if args.short else (45, 3, 1.0, 256)
     work = Path(tempfile.mkdtemp(prefix="apex-bench-bundle-"))
     src = pr.Registry(work / "upstream")
     try:
