@@ -79,8 +79,13 @@ class RegistryStorage:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the blob's folder, when nothing else is in it
             if isinstance(exc, OSError):
+                if self.has_blob(digest, size):
+                    return False  # another import renamed the same blob in meanwhile
                 raise _write_error(item, path, exc) from None
             raise
+        for left in path.parent.glob(".data.*.tmp"):  # a killed import's, for this very blob
+            with contextlib.suppress(OSError):
+                left.unlink()
         return True
 
     def link(self, repository: str, digest: str, item: str) -> None:

@@ -308,6 +308,8 @@ def test_a_killed_export_and_import_resume_by_digest(two, tmp_path: Path) -> Non
     assert 0 < len(resumed.needed) < len(plan.blobs)
     assert {r.status for r in results} == {LOADED}
     assert_imported(local, digests)
+    if storage is not None:
+        assert_no_torn_blob(storage)  # and the killed run's temporary files are gone
 
 
 def test_incremental_and_differential_exports_carry_only_new_blobs(two, tmp_path: Path) -> None:
