@@ -68,9 +68,10 @@ class RegistryStorage:
     def write_blob(self, digest: str, size: int, stream: IO[bytes], item: str) -> bool:
         """Stream a blob in, verified; a mismatch raises IntegrityError and leaves nothing. False
         when it was already there (the stream is not read)."""
-        if self.has_blob(digest, size):
-            return False
         path = self.blob_path(digest)
+        if self.has_blob(digest, size):
+            _clear_leftovers(path)
+            return False
         try:
             with atomic_file(path, durable=False) as out:
                 copy_verified(stream, size, out, item, digest)
@@ -83,9 +84,7 @@ class RegistryStorage:
                     return False  # another import renamed the same blob in meanwhile
                 raise _write_error(item, path, exc) from None
             raise
-        for left in path.parent.glob(".data.*.tmp"):  # a killed import's, for this very blob
-            with contextlib.suppress(OSError):
-                left.unlink()
+        _clear_leftovers(path)
         return True
 
     def link(self, repository: str, digest: str, item: str) -> None:
@@ -94,15 +93,25 @@ class RegistryStorage:
             raise BundleError(f"{item}: blob {digest} is not in the registry's storage {self.root}",
                               "run the import again (it reads the blob from the bundle)")
         path = self.link_path(repository, digest)
-        with contextlib.suppress(OSError):
-            if path.read_bytes() == digest.encode():
-                return
         try:
-            with atomic_file(path, durable=False) as out:
-                out.write(digest.encode())
-                _sync(out)
+            present = path.read_bytes() == digest.encode()
+        except OSError:
+            present = False
+        try:
+            if not present:
+                with atomic_file(path, durable=False) as out:
+                    out.write(digest.encode())
+                    _sync(out)
         except OSError as exc:
             raise _write_error(item, path, exc) from None
+        _clear_leftovers(path)
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Remove the temporary files a killed import left beside ``path`` (once it is in place)."""
+    for left in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            left.unlink()
 
 
 def _sync(out: IO[bytes]) -> None:

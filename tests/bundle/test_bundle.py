@@ -121,6 +121,7 @@ def assert_no_torn_blob(storage: RegistryStorage) -> None:
         if path.is_file():
             assert path.name == "data", path
             assert file_digest(path) == f"sha256:{path.parent.name}", path
+    assert list(storage.v2.rglob("*.tmp")) == []
 
 
 def assert_imported(local: RegistryClient, digests: dict[str, str]) -> None:
