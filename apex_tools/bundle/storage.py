@@ -1,7 +1,8 @@
 """Import's fast path: image blobs written straight into the local registry's storage.
 
-Pushing through the registry's API writes each blob twice (``_uploads/…/data``, hashed, moved)
-and is the same path ``skopeo copy`` takes, so it cannot be beaten through HTTP. When the local
+Pushing through the registry's API takes its upload path (the blob lands in ``_uploads/…``, is
+hashed, moved into place), the path ``skopeo copy`` takes too: a 256 MiB PUT took 1.15 s here
+where a GET of it with a sha256 took 0.23 s, so no HTTP client beats skopeo by much. When the local
 registry is the one this work dir started (Debian's docker-registry, distribution 2.8, the
 filesystem driver under the rendered config's ``rootdirectory``), import writes in its layout:
 
@@ -9,9 +10,10 @@ filesystem driver under the rendered config's ``rootdirectory``), import writes 
   <root>/docker/registry/v2/repositories/<repo>/_layers/sha256/<hex>/link       ``sha256:<hex>``
 
 in one pass per blob (read → hash → write), through a temporary file in the same folder renamed
-into place only when the digest matches, fsynced as the registry's own writes are. Manifests
-and tags still go through the API, so the registry checks every blob a manifest names. The
-rendered config has no ``storage.cache`` (no blob descriptor cache that could miss our writes).
+into place only when the digest matches, its bytes synced before the rename as the registry
+syncs its own. Manifests and tags still go through the API, so the registry checks every blob a
+manifest names. The rendered config has no ``storage.cache`` (no blob descriptor cache that could
+miss our writes; a config with one is not written into).
 
 Anything else (a registry not ours, not on this machine, or whose storage this process does
 not see, such as a registry container without our work dir mounted) keeps the API upload.
