@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -213,5 +212,14 @@ def _probe(storage: RegistryStorage, client: Any) -> bool:
         log.debug("storage probe: %s", exc)
         return False
     finally:
-        shutil.rmtree(blob.parent, ignore_errors=True)
-        shutil.rmtree(storage.v2 / "repositories" / PROBE_REPOSITORY, ignore_errors=True)
+        # Only what the probe wrote, and the folders it made that hold nothing else.
+        for path, top in ((blob, storage.v2 / "blobs"), (link, storage.v2 / "repositories")):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            folder = path.parent
+            while folder != top:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent

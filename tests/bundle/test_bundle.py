@@ -418,9 +418,12 @@ def test_a_blob_written_behind_the_running_registrys_back_is_found(tmp_path: Pat
             assert response.content == data
         # Already there: not read again.
         assert not storage.write_blob(digest, len(data), __import__("io").BytesIO(b""), "late blob")
-        # The probe leaves nothing behind in the registry's storage.
+        # The probe leaves nothing behind in the registry's storage, and touches nothing else.
         assert not (storage.v2 / "repositories" / "apex-storage-probe").exists()
         assert [p.parent.name for p in storage.v2.glob("blobs/sha256/*/*/data")] == [digest[7:]]
+        storage.link("apex-storage-probe", digest, "a repository named like the probe's")
+        assert local_storage(local.host, local.work_dir, local)[0] is not None
+        assert local.has_blob("apex-storage-probe", digest) == len(data)
 
 
 def test_import_falls_back_to_the_api_unless_the_registry_is_ours_and_sees_what_we_write(
