@@ -3,7 +3,8 @@
 Between loopback registries (Debian's docker-registry), on (a) many small kolla-shaped images
 sharing base layers (the lab's shape) and (b) a few large ones:
   * ours: ``apex``'s export (registry → bundle folder, or a tar) then import (bundle → a fresh
-    registry), each as its own process (interpreter start and imports included),
+    registry, started as apex starts it, so blobs go straight into its storage as
+    bundle-import writes them), each as its own process (interpreter start and imports included),
   * skopeo: ``skopeo sync --dest dir`` (one process for every image) then a ``skopeo copy``
     loop ``dir:`` → the fresh registry, one image after another.
 Also: the bundle's size against the unique blob bytes (and skopeo's folder's), each process's
@@ -13,7 +14,10 @@ Goals: bundle <= 1.02x the unique blob bytes; export + import >= 2x faster than 
 peak RSS of the large set's processes <= 1.2x the small set's.
 
     python bench/bundle.py            # 45 small images + 3 large ones (256 MiB layers)
-    python bench/bundle.py --short    # 16 small + 1 large (64 MiB), same columns (CI, < 90 s)
+    python bench/bundle.py --short    # 16 small + 1 large (128 MiB), same columns (CI, ~16 s)
+
+--short's large layer is 128 MiB, not less: below that the large set's ratio measures the start
+of our two Python processes (~0.25 s each) against skopeo's Go binaries, not the copying.
 
 Exits non-zero only when an imported digest differs from upstream's; a missed goal is printed.
 """
@@ -60,21 +64,24 @@ def export_main(src: str, dest: Path, tar: bool, repos: list[str]) -> dict:
     return {"blobs": count, "bytes": size, "rss": pr.peak_rss()}
 
 
-def import_main(source: Path, dst: str, tar: bool) -> dict:
+def import_main(source: Path, dst: str, tar: bool, work: Path) -> dict:
     from apex_tools.bundle.layout import open_bundle
     from apex_tools.bundle.load import LOADED, load_bundle, plan_import
+    from apex_tools.bundle.storage import local_storage
 
     local = RegistryClient(dst, tls="http")
     reader = open_bundle(None, source) if tar else open_bundle(source, None)
     try:
         plan = plan_import(reader.document, local, lambda f: Path("/nonexistent"), 4)
-        results = load_bundle(reader, plan, local, lambda f: Path("/nonexistent"))
+        # As bundle-import decides: straight into the storage of the registry ``work`` started.
+        storage, why = local_storage(dst, work, local)
+        results = load_bundle(reader, plan, local, lambda f: Path("/nonexistent"), storage=storage)
     finally:
         reader.close()
     bad = [r for r in results if r.status != LOADED]
     if bad:
         raise SystemExit(f"import failed: {bad[0].detail}")
-    return {"images": len(results), "rss": pr.peak_rss()}
+    return {"images": len(results), "rss": pr.peak_rss(), "direct": storage is not None, "how": why}
 
 
 def child(*argv: str) -> tuple[float, dict]:
@@ -119,7 +126,8 @@ def measure(name: str, src: pr.Registry, repos: list[str], unique: int, work: Pa
         dst = pr.Registry(work / f"{name}-{label}-ours")
         try:
             out[f"export_{label}"], exported = child("--export", src.address, str(bundle), str(int(tar)), *repos)
-            out[f"import_{label}"], imported = child("--import", str(bundle), dst.address, str(int(tar)))
+            out[f"import_{label}"], imported = child("--import", str(bundle), dst.address, str(int(tar)), str(dst.work))
+            out[f"direct_{label}"] = imported["direct"]
             out[f"rss_{label}"] = max(exported["rss"], imported["rss"])
             out[f"size_{label}"] = bundle.stat().st_size if tar else tree_bytes(bundle)
             out[f"digests_{label}"] = same_digests(src.client, dst.client, repos)
@@ -153,7 +161,8 @@ def report(rows: list[dict]) -> tuple[bool, bool]:
               f"{r['sync']:>7.2f}+{r['copy']:<5.2f}s {speed:>6.2f}x {size:>5.3f}x {r['size_skopeo'] / r['unique']:>11.2f}x "
               f"{max(r['rss_dir'], r['rss_tar']) / MiB:>6.0f}Mi")
         print(f"       tar: {theirs / ours_tar:.2f}x the skopeo path, {r['size_tar'] / r['unique']:.3f}x the unique bytes; "
-              f"digests kept: ours {r['digests_dir'] and r['digests_tar']}, skopeo dir: {r['digests_skopeo']}")
+              f"digests kept: ours {r['digests_dir'] and r['digests_tar']}, skopeo dir: {r['digests_skopeo']}; "
+              f"import into the registry's storage: {r['direct_dir'] and r['direct_tar']}")
         if speed < GOAL_SPEED:
             print(f"GOAL MISSED ({r['set']}): export + import {speed:.2f}x the skopeo path (goal >= {GOAL_SPEED}x)")
             ok = False
@@ -177,20 +186,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="small sizes, for CI")
     parser.add_argument("--export", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--import", dest="import_", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--import", dest="import_", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export:
         src, dest, tar, *repos = args.export
         print(json.dumps(export_main(src, Path(dest), tar == "1", repos)))
         return 0
     if args.import_:
-        source, dst, tar = args.import_
-        print(json.dumps(import_main(Path(source), dst, tar == "1")))
+        source, dst, tar, work = args.import_
+        print(json.dumps(import_main(Path(source), dst, tar == "1", Path(work))))
         return 0
     if shutil.which("skopeo") is None:
         print("skopeo not found (apt-get install skopeo)", file=sys.stderr)
         return 1
-    small, large, scale, large_mb = (16, 1, 0.25, 64) if args.short else (45, 3, 1.0, 256)
+    small, large, scale, large_mb = (16, 1, 0.25, 128) if args.short else (45, 3, 1.0, 256)
     work = Path(tempfile.mkdtemp(prefix="apex-bench-bundle-"))
     src = pr.Registry(work / "upstream")
     try:

@@ -162,7 +162,10 @@ class TarWriter:
     parallel = False
 
     def __init__(self, fileobj: IO[bytes]) -> None:
-        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+        # 1 MiB reads and writes (tarfile copies 16 KiB at a time and buffers 10 KiB records by
+        # default); the bytes written are the same.
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
+                                copybufsize=CHUNK)
         self._seen: set[str] = set()
         self._dirs = False
 

@@ -8,6 +8,11 @@ image blob by the registry (which refuses bytes that do not hash to the digest) 
 file through a temporary file renamed into place only when it matches. A blob that fails
 fails the items that need it, and nothing of those items is imported (an image's manifest is
 only PUT once all its blobs are in).
+
+Given the local registry's storage (``storage.local_storage``: ours, on this machine, seen by
+this process), image blobs are written straight into it and linked into their repositories;
+else they are uploaded (and mounted) through the registry's API. Manifests always go through
+the API, so the registry checks every blob they name.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from apex_tools.bundle.layout import (
     TarReader,
     blob_name,
 )
+from apex_tools.bundle.storage import RegistryStorage
 from apex_tools.core.errors import ApexError, BundleError
 from apex_tools.core.state import atomic_file
 from apex_tools.http.filecache import Validators, cached_validators, meta_path, write_validators
@@ -111,9 +117,9 @@ class Loaded:
 
 def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: RegistryClient,
                 dest_of: Callable[[dict[str, Any]], Path], on_bytes: Callable[[int], None] | None = None,
-                jobs: int = 4) -> list[Loaded]:
+                jobs: int = 4, storage: RegistryStorage | None = None) -> list[Loaded]:
     """Stream the needed blobs into their places (a folder's in parallel, a tar's in its order),
-    then mount each image's blobs and PUT its manifests."""
+    then mount (or, with ``storage``, link) each image's blobs and PUT its manifests."""
     files_by_digest: dict[str, list[dict[str, Any]]] = {}
     for entry in plan.files:
         files_by_digest.setdefault(entry["digest"], []).append(entry)
@@ -132,7 +138,10 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
             if entry.stream is None:
                 raise BundleError(f"{what}: {blob_name(digest)} is not in this bundle",
                                   _base_hint(reader.document))
-            if digest in plan.home:
+            if digest in plan.home and storage is not None:
+                storage.write_blob(digest, size, entry.stream, what)
+                storage.link(plan.home[digest], digest, what)  # as an upload lands in its repository
+            elif digest in plan.home:
                 _upload(local, plan.home[digest], digest, size, entry.stream, what)
             elif digest in files_by_digest:
                 _write_files(files_by_digest[digest], entry.stream, dest_of, what)
@@ -159,8 +168,8 @@ def load_bundle(reader: DirReader | TarReader, plan: ImportPlan, local: Registry
         run_all(take_blob, sorted(plan.needed, key=lambda b: -b[1]), jobs * 2, "import")
     else:  # a tar: in its order, as it streams
         _stream_in_order(reader, plan.needed, take, jobs * 2)
-    results = run_all(lambda image: _finish_image(image, local, plan, manifests, broken), plan.images, jobs * 2,
-                      "import")
+    results = run_all(lambda image: _finish_image(image, local, plan, manifests, broken, storage), plan.images,
+                      jobs * 2, "import")
     for entry in plan.files:
         error = broken.get(entry["digest"])
         results.append(Loaded(entry["path"], FAILED if error else LOADED,
@@ -249,8 +258,8 @@ def _write_files(entries: list[dict[str, Any]], stream: Any, dest_of: Callable[[
 
 
 def _finish_image(image: dict[str, Any], local: RegistryClient, plan: ImportPlan, manifests: dict[str, bytes],
-                  broken: dict[str, ApexError]) -> Loaded:
-    """Mount the image's blobs into its repository, then PUT its manifests (platforms first)."""
+                  broken: dict[str, ApexError], storage: RegistryStorage | None) -> Loaded:
+    """Mount (or link) the image's blobs into its repository, then PUT its manifests (platforms first)."""
     ref, repository = image["ref"], _repository(image)
     bad = [broken[d] for d in [*image["blobs"], *image["manifests"], image["digest"]] if d in broken]
     if bad:
@@ -258,7 +267,9 @@ def _finish_image(image: dict[str, Any], local: RegistryClient, plan: ImportPlan
     try:
         for digest in image["blobs"]:
             home = plan.home[digest]
-            if home != repository and local.mount_blob(repository, digest, home) is not None:
+            if storage is not None:
+                storage.link(repository, digest, f"image {ref}")
+            elif home != repository and local.mount_blob(repository, digest, home) is not None:
                 raise BundleError(f"image {ref}: the registry would not mount {digest} from {home}",
                                   "check the local registry's log")
         # Each manifest with the media type its parent names it by (the index.json's for the top).

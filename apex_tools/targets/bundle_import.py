@@ -16,6 +16,7 @@ from typing import Any
 from apex_tools.bundle.export import DISK_IMAGE, WORK_FILE
 from apex_tools.bundle.layout import open_bundle, sha256_of
 from apex_tools.bundle.load import FAILED, LOADED, load_bundle, plan_import
+from apex_tools.bundle.storage import local_storage
 from apex_tools.core.errors import BundleError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.state import fingerprint
@@ -88,12 +89,18 @@ def bundle_import(run: RunContext, path: Path | None = None, tar: Path | None = 
                  f"files, {len(plan.needed)} blobs ({human_size(size)}) to read"]
         if run.dry_run:
             return TargetResult(TARGET, Status.PLANNED, lines)
+        storage = None
+        if plan.images:
+            storage, how = local_storage(address, Path(options.work_dir), local)
+            log.info("image blobs: %s", how if storage else f"through the registry's API ({how})")
         with run.progress(f"importing {reader.where}", size) as progress:
-            results = load_bundle(reader, plan, local, dest_of, progress.advance, options.jobs)
+            results = load_bundle(reader, plan, local, dest_of, progress.advance, options.jobs, storage)
     finally:
         reader.close()
     changes = ([f"started the local registry on {address} (pid {started.pid})"] if started and started.started
                else [])
+    if storage is not None:
+        changes.append(f"image blobs written straight into the registry's storage {storage.root}")
     items = [Item(r.name, r.status, r.detail) for r in results]
     failed = [r for r in results if r.status == FAILED]
     loaded = [r for r in results if r.status == LOADED]

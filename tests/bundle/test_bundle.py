@@ -4,6 +4,7 @@ incremental and differential exports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,13 @@ from apex_tools.bundle.layout import (
     read_document,
 )
 from apex_tools.bundle.load import FAILED, LOADED, load_bundle, plan_import
+from apex_tools.bundle.storage import RegistryStorage, local_storage
 from apex_tools.core.reference import ImageRef
 from apex_tools.http.filecache import cached_validators
 from apex_tools.registry.client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient
+from apex_tools.registry.server import ensure_local_registry, stop_local_registry
 
-from conftest import need
+from conftest import free_port, need
 from registry_support import layer_blob, push_image, push_index
 
 BASE = layer_blob("base.bin", 300_000, "base")
@@ -70,14 +73,55 @@ def disk_file(tmp_path: Path) -> FileItem:
     return FileItem(DISK_IMAGE, "overcloud-full.tar", path, file_digest(path), path.stat().st_size, record)
 
 
-def do_import(bundle: Path, local: RegistryClient, dest: Path, tar: bool = False,
+class Local(RegistryClient):
+    """The importing side's registry; ``work_dir`` set when it is the one that work dir started
+    (then import writes blobs straight into its storage)."""
+
+    work_dir: Path | None = None
+
+    def storage(self) -> RegistryStorage | None:
+        if self.work_dir is None:
+            return None
+        storage, why = local_storage(self.host, self.work_dir, self)
+        assert storage is not None, why  # never a silent fall back to the API in the direct tests
+        return storage
+
+
+def do_import(bundle: Path, local: Local, dest: Path, tar: bool = False,
               on_bytes: Callable[[int], None] | None = None) -> tuple[Any, list[Any]]:
     reader = open_bundle(None, bundle) if tar else open_bundle(bundle, None)
     try:
         plan = plan_import(reader.document, local, lambda f: dest / f["path"], 2)
-        return plan, load_bundle(reader, plan, local, lambda f: dest / f["path"], on_bytes)
+        return plan, load_bundle(reader, plan, local, lambda f: dest / f["path"], on_bytes,
+                                 storage=local.storage())
     finally:
         reader.close()
+
+
+@contextlib.contextmanager
+def our_registry(work_dir: Path) -> Iterator[Local]:
+    """The registry apex starts for a work dir (``ensure_local_registry``), on a free loopback port."""
+    need(shutil.which("docker-registry") is not None, "docker-registry (Debian package docker-registry)")
+    local = Local(f"127.0.0.1:{free_port()}", "http")
+    local.work_dir = work_dir
+    try:
+        ensure_local_registry(local.host, work_dir, local)
+        yield local
+    finally:
+        stop_local_registry(work_dir)
+
+
+def blob_files(storage: RegistryStorage) -> list[Path]:
+    return sorted((storage.v2 / "blobs").rglob("*")) if (storage.v2 / "blobs").exists() else []
+
+
+def assert_no_torn_blob(storage: RegistryStorage) -> None:
+    """Every ``data`` in the registry's storage hashes to its folder's name; no temporary files left."""
+    for path in blob_files(storage):
+        if path.is_file():
+            assert path.name == "data", path
+            assert file_digest(path) == f"sha256:{path.parent.name}", path
+    assert list(storage.v2.rglob("*.tmp")) == []
 
 
 def assert_imported(local: RegistryClient, digests: dict[str, str]) -> None:
@@ -87,10 +131,17 @@ def assert_imported(local: RegistryClient, digests: dict[str, str]) -> None:
         assert (local.head_manifest(repo, tag) or ("absent",))[0] == digest, ref
 
 
-@pytest.fixture
-def two(registry_factory: Callable[..., Any]) -> tuple[RegistryClient, RegistryClient]:
-    return (RegistryClient(registry_factory("up").address, "http"), RegistryClient(registry_factory("local").address,
-                                                                                   "http"))
+@pytest.fixture(params=["api", "direct"])
+def two(request: pytest.FixtureRequest, registry_factory: Callable[..., Any],
+        tmp_path: Path) -> Iterator[tuple[RegistryClient, Local]]:
+    """Upstream, and the importing side's registry: any registry (blobs through its API) or the
+    one a work dir started (blobs written straight into its storage)."""
+    up = RegistryClient(registry_factory("up").address, "http")
+    if request.param == "api":
+        yield up, Local(registry_factory("local").address, "http")
+        return
+    with our_registry(tmp_path / "work") as local:
+        yield up, local
 
 
 def test_folder_round_trip_keeps_every_digest_and_stores_each_blob_once(two, tmp_path: Path) -> None:
@@ -130,9 +181,9 @@ def test_folder_round_trip_keeps_every_digest_and_stores_each_blob_once(two, tmp
 BASE_DIGEST = "sha256:" + __import__("hashlib").sha256(BASE[0]).hexdigest()
 
 
-def test_skopeo_reads_the_layout_and_sees_upstreams_digest(two, tmp_path: Path) -> None:
+def test_skopeo_reads_the_layout_and_sees_upstreams_digest(registry_factory, tmp_path: Path) -> None:
     need(shutil.which("skopeo") is not None, "skopeo (Debian package skopeo)")
-    up, _ = two
+    up = RegistryClient(registry_factory("up").address, "http")
     digests = seed(up)
     bundle = tmp_path / "bundle"
     export(up, sorted(digests), [], DirWriter(bundle))
@@ -194,6 +245,10 @@ def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_
     assert local.head_manifest("tripleo/glance-api", "current") is None
     assert local.has_blob("tripleo/glance-api", own) is None
     assert local.head_manifest("tripleo/nova-api", "current")[0] == digests["tripleo/nova-api:current"]
+    if (storage := local.storage()) is not None:  # nothing of it in the registry's storage either
+        assert not storage.blob_path(own).parent.exists()
+        assert not storage.link_path("tripleo/glance-api", own).exists()
+        assert_no_torn_blob(storage)
 
 
 KILLED_CHILD = """
@@ -211,8 +266,10 @@ def on_bytes(_):
     if len(done) == after:  # mid-run: other workers are cut off mid-blob
         os.kill(os.getpid(), signal.SIGKILL)
 
-step, after, host, bundle, refs = sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]), sys.argv[6:]
-client = RegistryClient(host, "http")
+step, after, host, work, bundle, refs = (sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], Path(sys.argv[6]),
+                                        sys.argv[7:])
+client = test_bundle.Local(host, "http")
+client.work_dir = Path(work) if work else None
 if step == "export":
     test_bundle.export(client, refs, [], DirWriter(bundle), on_bytes=on_bytes)
 else:
@@ -220,12 +277,13 @@ else:
 """
 
 
-def killed(step: str, after: int, host: str, bundle: Path, refs: list[str] = ()) -> None:
+def killed(step: str, after: int, client: RegistryClient, bundle: Path, refs: list[str] = ()) -> None:
     """``export`` or ``import`` in another process that SIGKILLs itself after ``after`` blobs: no
     cleanup runs, as when a run is killed."""
     tests = str(Path(__file__).resolve().parents[1])
-    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, tests, step, str(after), host, str(bundle), *refs],
-                          capture_output=True, text=True, timeout=120)
+    work = str(getattr(client, "work_dir", None) or "")
+    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, tests, step, str(after), client.host, work,
+                           str(bundle), *refs], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
@@ -234,18 +292,25 @@ def test_a_killed_export_and_import_resume_by_digest(two, tmp_path: Path) -> Non
     digests = seed(up)
     refs = sorted(digests)
     bundle = tmp_path / "bundle"
-    killed("export", 5, up.host, bundle, refs)
+    killed("export", 5, up, bundle, refs)
     assert not (bundle / BUNDLE_FILE).exists()  # incomplete: no import would take it
     plan, count, _ = export(up, refs, [], DirWriter(bundle))
     assert 0 < count < len(plan.blobs)  # only the rest
     assert not [p for p in (bundle / "blobs/sha256").iterdir() if p.name.startswith(".")]  # no torn leftovers
 
     # 14 of the 20 blobs: the 7 manifests (only read) may come first, so at least 7 uploads are in.
-    killed("import", 14, local.host, bundle)
+    killed("import", 14, local, bundle)
+    if (storage := local.storage()) is not None:
+        # Killed mid-blob: temporary files may be left beside a blob, never a torn ``data``.
+        for path in blob_files(storage):
+            if path.is_file() and path.name == "data":
+                assert file_digest(path) == f"sha256:{path.parent.name}", path
     resumed, results = do_import(bundle, local, tmp_path / "cache")
     assert 0 < len(resumed.needed) < len(plan.blobs)
     assert {r.status for r in results} == {LOADED}
     assert_imported(local, digests)
+    if storage is not None:
+        assert_no_torn_blob(storage)  # and the killed run's temporary files are gone
 
 
 def test_incremental_and_differential_exports_carry_only_new_blobs(two, tmp_path: Path) -> None:
@@ -307,3 +372,83 @@ def test_export_carries_each_gerrit_patch_with_its_identity_and_the_cache_that_a
     assert identities == [nova, local]
     assert sorted(f.path for f in files) == wanted
     assert all(f.digest == file_digest(work / f.path) for f in files)
+
+
+# -- the direct write into the local registry's storage ------------------------------------
+
+
+def test_a_direct_import_is_served_byte_identical_to_a_client_we_did_not_write(registry_factory,
+                                                                              tmp_path: Path) -> None:
+    need(shutil.which("skopeo") is not None, "skopeo (Debian package skopeo)")
+    up = RegistryClient(registry_factory("up").address, "http")
+    digests = seed(up)
+    bundle = tmp_path / "bundle"
+    export(up, sorted(digests), [], DirWriter(bundle))
+    with our_registry(tmp_path / "work") as local:
+        _, results = do_import(bundle, local, tmp_path / "cache")
+        assert {r.status for r in results} == {LOADED}
+        for ref in ("tripleo/nova-api:current", "tripleo/keystone:current"):
+            out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{local.host}/{ref}"],
+                                 capture_output=True, text=True, check=True, timeout=180)
+            assert json.loads(out.stdout)["Digest"] == digests[ref], out.stdout
+            copy = tmp_path / ref.replace("/", "_")
+            subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{local.host}/{ref}",
+                            f"dir:{copy}"], capture_output=True, text=True, check=True, timeout=180)
+            manifest = json.loads((copy / "manifest.json").read_bytes())
+            wanted = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+            for digest in wanted:  # each blob as served, byte-identical to upstream's
+                served = (copy / digest[7:]).read_bytes()
+                with up.open_blob(ref.split(":")[0], digest) as response:
+                    assert served == response.content, (ref, digest)
+        again, _ = do_import(bundle, local, tmp_path / "cache")
+        assert again.nothing_to_do and again.skipped_images == len(digests)
+
+
+def test_a_blob_written_behind_the_running_registrys_back_is_found(tmp_path: Path) -> None:
+    data = b"written behind its back\n" * 1000
+    digest = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+    with our_registry(tmp_path / "work") as local:
+        assert local.has_blob("tripleo/late", digest) is None  # the registry has answered 404 for it
+        storage = local.storage()
+        assert storage is not None
+        assert storage.write_blob(digest, len(data), __import__("io").BytesIO(data), "late blob")
+        storage.link("tripleo/late", digest, "late blob")
+        assert local.has_blob("tripleo/late", digest) == len(data)
+        with local.open_blob("tripleo/late", digest) as response:
+            assert response.content == data
+        # Already there: not read again.
+        assert not storage.write_blob(digest, len(data), __import__("io").BytesIO(b""), "late blob")
+        # The probe leaves nothing behind in the registry's storage, and touches nothing else.
+        assert not (storage.v2 / "repositories" / "apex-storage-probe").exists()
+        assert [p.parent.name for p in storage.v2.glob("blobs/sha256/*/*/data")] == [digest[7:]]
+        storage.link("apex-storage-probe", digest, "a repository named like the probe's")
+        assert local_storage(local.host, local.work_dir, local)[0] is not None
+        assert local.has_blob("apex-storage-probe", digest) == len(data)
+
+
+def test_import_falls_back_to_the_api_unless_the_registry_is_ours_and_sees_what_we_write(
+        registry_factory, tmp_path: Path) -> None:
+    other = registry_factory("other")  # a registry this work dir did not start
+    client = RegistryClient(other.address, "http")
+    work = tmp_path / "work"
+    assert local_storage("192.0.2.1:8787", work, client)[0] is None  # not this machine's
+    storage, why = local_storage(other.address, work, client)
+    assert storage is None and "no registry config" in why
+    with our_registry(work) as local:
+        assert local_storage(local.host, work, local)[0] is not None
+        assert local_storage(other.address, work, client) == (None, f"the registry this work dir configures serves "
+                                                                    f"{local.host}, not {other.address}")
+        config = work / "registry" / "config.yml"
+        rendered = config.read_text()
+        # A blob descriptor cache could hide what is written behind the registry's back.
+        config.write_text(rendered.replace("storage:\n", "storage:\n  cache:\n    blobdescriptor: inmemory\n"))
+        assert "does not write into directly" in local_storage(local.host, work, local)[1]
+        # The registry serves another folder than the config says (as a registry container
+        # without this work dir mounted would): the probe sees it, and nothing is left behind.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        config.write_text(rendered.replace(str(work / "registry" / "data"), str(elsewhere)))
+        storage, why = local_storage(local.host, work, local)
+        assert storage is None and "does not serve" in why
+        assert [p for p in elsewhere.rglob("*") if p.is_file()] == []
+    assert local_storage(local.host, work, local)[0] is None  # stopped: not answering, not ours

@@ -82,6 +82,8 @@ def test_export_then_import_and_deploy_offline_in_a_namespace_without_network(tm
     docs = json_documents(out.stdout)
     imported = docs[0][0]
     assert imported["status"] == "changed", imported
+    # The registry is the one the import started: blobs went straight into its storage.
+    assert any("written straight into the registry's storage" in c for c in imported["changes"]), imported
     rows = {r["target"]: r for r in docs[1]}
     assert rows["deploy"]["status"] == "ready", rows
     assert rows["fetch-images"]["status"] == "changed"  # unpacked from the imported, recorded tarballs
