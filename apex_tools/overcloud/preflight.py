@@ -20,7 +20,7 @@ from apex_tools.core.reference import ImageRef
 from apex_tools.core.resources import load_yaml
 from apex_tools.overcloud.inventory import Inventory, Scale
 from apex_tools.registry.client import RegistryClient, RegistryHTTPError
-from apex_tools.undercloud.base import Undercloud
+from apex_tools.undercloud.base import Probe, Undercloud
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +163,20 @@ def _check_image(client: RegistryClient, ref: ImageRef, seen_as: str) -> list[Pr
     return problems
 
 
-def check_undercloud(undercloud: Undercloud) -> list[Problem]:
-    """The undercloud runs a command."""
+def check_undercloud(undercloud: Undercloud, templates_dir: str) -> tuple[list[Problem], Probe]:
+    """The undercloud runs a command; and what else it said in the same round trip (its
+    TripleO client, ``templates_dir``)."""
     try:
-        done = undercloud.run("true", timeout=30.0)
+        probe = undercloud.probe(templates_dir)
     except ApexError as exc:
         return [Problem("undercloud", f"the undercloud ({undercloud.name}) does not answer: {exc.message}",
-                        "start it, or fix undercloud.host / undercloud.port / undercloud.ssh_key")]
-    if done.status != 0:
-        said = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.status}"]
-        return [Problem("undercloud", f"the undercloud ({undercloud.name}) does not answer: {said[0]}",
-                        "start it, or fix undercloud.host / undercloud.port / undercloud.user / undercloud.ssh_key")]
-    return []
+                        "start it, or fix undercloud.host / undercloud.port / undercloud.ssh_key")], \
+            Probe(False, False, False, exc.message)
+    if not probe.answers:
+        return [Problem("undercloud", f"the undercloud ({undercloud.name}) does not answer: {probe.said}",
+                        "start it, or fix undercloud.host / undercloud.port / undercloud.user / undercloud.ssh_key")], \
+            probe
+    return [], probe
 
 
 def check_scale(inventory: Inventory, scale: Scale) -> list[Problem]:

@@ -45,9 +45,13 @@ def stack_status(undercloud: Undercloud, stackrc: str) -> str | None:
                           f"check {stackrc} and that the undercloud's heat answers (openstack stack list)")
 
 
-def undercloud_templates(undercloud: Undercloud, os_version: str, work_dir: Path) -> tuple[HeatTemplates, str]:
-    """The undercloud's own tripleo-heat-templates when it has them, else the bundled facts; and which."""
-    if undercloud.run(f"test -d {THT_ROOT}").status != 0:
+def undercloud_templates(undercloud: Undercloud, os_version: str, work_dir: Path,
+                         present: bool | None = None) -> tuple[HeatTemplates, str]:
+    """The undercloud's own tripleo-heat-templates when it has them, else the bundled facts; and which.
+    ``present``: whether it has them, when already asked (``Undercloud.probe``)."""
+    if present is None:
+        present = undercloud.run(f"test -d {THT_ROOT}").status == 0
+    if not present:
         return heat_templates(os_version), f"bundled tripleo-heat-templates facts for {os_version}"
     ssh = undercloud.ssh()
     if ssh is None:

@@ -37,12 +37,12 @@ from apex_tools.core.workdir import (
     artifact_dir,
 )
 from apex_tools.overcloud import preflight
-from apex_tools.overcloud.command import DeployPlan, deploy_files, libvirt_type, local_files, tht_environments
+from apex_tools.overcloud.command import THT_ROOT, DeployPlan, deploy_files, libvirt_type, local_files, tht_environments
 from apex_tools.overcloud.inventory import Inventory, load_inventory, scale_of
 from apex_tools.overcloud.stack import COMPLETE, STACK, stack_home, stack_status, undercloud_templates
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.clients import Clients
-from apex_tools.undercloud.base import Undercloud
+from apex_tools.undercloud.base import Probe, Undercloud
 from apex_tools.undercloud.drivers import driver_for
 from apex_tools.undercloud.playbook import PlaybookError
 
@@ -91,10 +91,10 @@ def upload_images(run: RunContext) -> list[Path]:
     return [run.options.work_dir / CUSTOM_IMAGE] + [cache / name for name in UPLOAD_IMAGES]
 
 
-def _templates(run: RunContext, undercloud: Undercloud, answers: bool) -> tuple[HeatTemplates, str]:
-    if not answers:
+def _templates(run: RunContext, undercloud: Undercloud, probe: Probe) -> tuple[HeatTemplates, str]:
+    if not probe.answers:
         return heat_templates(run.os_version), f"bundled tripleo-heat-templates facts for {run.os_version}"
-    return undercloud_templates(undercloud, run.os_version, run.options.work_dir)
+    return undercloud_templates(undercloud, run.os_version, run.options.work_dir, probe.templates)
 
 
 def _check(run: RunContext) -> _Deploy:
@@ -104,9 +104,9 @@ def _check(run: RunContext) -> _Deploy:
     inventory = load_inventory(settings_path(options.inventory_file, "inventory"))
     scale = scale_of(inventory, ds.global_params.ha_enabled)
     undercloud = driver_for(options, run.registry_address)
-    answers = preflight.check_undercloud(undercloud)
-    tripleo = not answers and undercloud.has_tripleo()
-    tht, tht_source = _templates(run, undercloud, not answers)
+    answers, probe = preflight.check_undercloud(undercloud, THT_ROOT)
+    tripleo = not answers and probe.tripleo
+    tht, tht_source = _templates(run, undercloud, probe)
     virtual = options.ceph.virtual
     plan = DeployPlan(ds, ns, scale, tht, virtual, libvirt_type(options.deploy.libvirt_type, virtual),
                       options.deploy.timeout, ceph=ds.deploy_options.ceph)

@@ -159,8 +159,21 @@ class Undercloud(ABC):
 
     def has_tripleo(self) -> bool:
         """True when the undercloud has TripleO's client (``openstack overcloud deploy``)."""
-        probe = "command -v openstack >/dev/null 2>&1 && openstack help overcloud deploy >/dev/null 2>&1"
-        return self.run(probe, timeout=120.0).ok
+        return self.run(TRIPLEO_PROBE, timeout=120.0).ok
+
+    def probe(self, templates_dir: str) -> Probe:
+        """What deploy asks of the undercloud, in one round trip (one SSH session, one shell):
+        does it run a command, has it TripleO's client, has it ``templates_dir``.
+
+        Raises ``ApexError`` when it cannot be reached."""
+        script = (f"echo {PROBE_MARK}; ({TRIPLEO_PROBE}) >/dev/null 2>&1; echo $?; "
+                  f"test -d {shlex.quote(templates_dir)}; echo $?")
+        done = self.run(script, timeout=120.0)
+        words = done.stdout.split()
+        if done.status != 0 or words[:1] != [PROBE_MARK] or len(words) != 3:
+            said = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.status}"]
+            return Probe(False, False, False, said[0])
+        return Probe(True, words[1] == "0", words[2] == "0")
 
     def installed(self) -> bool:
         """True when the undercloud reports TripleO installed (``~/stackrc`` exists)."""
@@ -170,6 +183,21 @@ class Undercloud(ABC):
                      timeout: float | None = None) -> str:
         """Run the bundled playbook ``name`` on the undercloud (see ``playbook.run_playbook``)."""
         return run_playbook(playbook_path(name), self.ssh(), extra_vars, log_path, timeout=timeout)
+
+
+# ``openstack overcloud deploy`` is there (the client and its TripleO plugin).
+TRIPLEO_PROBE = "command -v openstack >/dev/null 2>&1 && openstack help overcloud deploy >/dev/null 2>&1"
+PROBE_MARK = "apex-probe"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """``Undercloud.probe``'s answer; ``said``: why it does not answer (when it does not)."""
+
+    answers: bool
+    tripleo: bool
+    templates: bool
+    said: str = ""
 
 
 def known_hosts_file(options: Options) -> tuple[Path, bool]:

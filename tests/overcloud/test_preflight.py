@@ -17,6 +17,7 @@ from apex_tools.overcloud import preflight
 from apex_tools.overcloud.inventory import Scale, load_inventory
 from apex_tools.registry.client import RegistryClient
 from apex_tools.undercloud.local import LocalUndercloud
+from apex_tools.undercloud.ssh import CommandResult
 
 from conftest import REPO
 from registry_support import layer_blob, push_image
@@ -115,7 +116,23 @@ def test_scale_and_the_undercloud(tmp_path) -> None:
     [problem] = preflight.check_scale(inv, Scale(1, 2))
     assert problem.message == f"{inv.path}: 2 compute nodes wanted, 1 with profile:compute"
     options = resolve([Layer("test", {"work_dir": str(tmp_path), "undercloud": {"driver": "local"}})]).options
-    assert preflight.check_undercloud(LocalUndercloud(options, "127.0.0.1:8787")) == []
+    problems, probe = preflight.check_undercloud(LocalUndercloud(options, "127.0.0.1:8787"), str(tmp_path))
+    assert problems == [] and probe.answers and probe.templates
+    problems, probe = preflight.check_undercloud(LocalUndercloud(options, "127.0.0.1:8787"), str(tmp_path / "none"))
+    assert problems == [] and probe.answers and not probe.templates
+
+
+def test_an_undercloud_whose_shell_fails_does_not_answer_and_says_why(tmp_path) -> None:
+    """The probe's one round trip is all deploy asks: a login shell that cannot run it is named."""
+    options = resolve([Layer("test", {"work_dir": str(tmp_path), "undercloud": {"driver": "local"}})]).options
+
+    class Refusing(LocalUndercloud):
+        def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+            return CommandResult(command, 255, "", "ssh: connect to host 192.0.2.1 port 22: Connection refused\n")
+
+    [problem], probe = preflight.check_undercloud(Refusing(options, "127.0.0.1:8787"), str(tmp_path))
+    assert not probe.answers and not probe.tripleo and not probe.templates
+    assert problem.message.endswith("does not answer: ssh: connect to host 192.0.2.1 port 22: Connection refused")
 
 
 def _plan(scenario: str, os_version: str | None = None):
