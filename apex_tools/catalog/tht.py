@@ -10,17 +10,17 @@ default roles' services and resource registries. From the bundled data
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from apex_tools.catalog import tripleo
 from apex_tools.core.errors import SettingsError
-from apex_tools.core.resources import data_path, load_yaml
+from apex_tools.core.resources import data_path
 from apex_tools.core.settings import OS_VERSIONS, DeploySettings
 
 
@@ -74,9 +74,11 @@ def heat_templates(os_version: str) -> HeatTemplates:
         raise SettingsError(f"OpenStack version {os_version!r} is unknown", f"use one of {', '.join(OS_VERSIONS)}")
     path = Path(data_path("build", "tripleo", os_version, "heat.yaml"))
     try:
-        data = load_yaml(path.read_text())
+        # Comment lines, then a JSON body (catalog/generate.py): parsed as JSON, not YAML.
+        text = path.read_text()
+        data = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
         return _from_data(os_version, data, f"{data['package']} {data['version']}")
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}", "regenerate it with scripts/update-catalog") from None
 
 
