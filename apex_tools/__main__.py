@@ -1,8 +1,12 @@
 """The ``apex`` command: ``python -m apex_tools`` and the ``apex`` console script."""
 
+import atexit
 import gc
+import os
 import sys
+import threading
 import types
+from typing import NoReturn
 
 
 def _lighter_invoke() -> None:
@@ -39,7 +43,35 @@ def main() -> None:
     _lighter_invoke()
     from apex_tools.main import program
 
-    program.run()
+    try:
+        program.run()
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def _exit(code: object) -> NoReturn:
+    """End the process as ``sys.exit(code)`` would, without the interpreter's teardown: freeing the
+    ~100,000 objects of a process about to end one by one costs ~30 ms of every command. What must
+    happen at exit still does (the atexit callbacks: logging's flush, paramiko's threads, weakref
+    finalizers; the standard streams flushed); a run that left a non-daemon thread running, or an
+    interpreter without ``atexit._run_exitfuncs``, exits the usual way."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if others or run_exitfuncs is None:
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (apex ... | head): nothing left to say
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,20 @@ def test_apex_start_up_skips_what_invoke_loads_for_nothing_and_leaves_the_real_m
     assert 'apex = "apex_tools.__main__:main"' in scripts
     version = cli("apex", "--version")
     assert version.returncode == 0 and version.stdout.startswith("apex-tools"), version.stderr
+
+
+def test_apex_exits_without_teardown_yet_flushes_its_log_and_output(tmp_path):
+    """``apex`` ends with os._exit after the atexit callbacks: the log file's last record and
+    every line of a long output still arrive, and the exit code is the program's."""
+    import os
+
+    env = {**os.environ, "APEX_WORK_DIR": str(tmp_path / "work"), "APEX_IMAGE_DIR": str(tmp_path / "images")}
+    failed = cli("apex", "fetch-images", "--no-fetch", env=env, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    log = (tmp_path / "work" / "apex.log").read_text()
+    assert log.rstrip().endswith("or put the file there by hand"), log[-500:]
+    listed = cli("apex", "config", cwd=tmp_path)
+    inside = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['apex', 'config']\n"
+                             "from apex_tools.main import program; program.run()"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert listed.returncode == inside.returncode == 0 and listed.stdout == inside.stdout
