@@ -46,11 +46,9 @@ def stack_status(undercloud: Undercloud, stackrc: str) -> str | None:
 
 
 def undercloud_templates(undercloud: Undercloud, os_version: str, work_dir: Path,
-                         present: bool | None = None) -> tuple[HeatTemplates, str]:
-    """The undercloud's own tripleo-heat-templates when it has them, else the bundled facts; and which.
-    ``present``: whether it has them, when already asked (``Undercloud.probe``)."""
-    if present is None:
-        present = undercloud.run(f"test -d {THT_ROOT}").status == 0
+                         present: bool) -> tuple[HeatTemplates, str]:
+    """The undercloud's own tripleo-heat-templates when it has them (``present``, as
+    ``Undercloud.probe`` found), else the bundled facts; and which."""
     if not present:
         return heat_templates(os_version), f"bundled tripleo-heat-templates facts for {os_version}"
     ssh = undercloud.ssh()

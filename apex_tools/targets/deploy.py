@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from apex_tools.catalog.tht import HeatTemplates, heat_templates
 from apex_tools.core.config import settings_path
 from apex_tools.core.errors import ApexError, UndercloudError
 from apex_tools.core.reference import ImageRef
@@ -42,7 +41,7 @@ from apex_tools.overcloud.inventory import Inventory, load_inventory, scale_of
 from apex_tools.overcloud.stack import COMPLETE, STACK, stack_home, stack_status, undercloud_templates
 from apex_tools.registry.client import RegistryClient
 from apex_tools.registry.clients import Clients
-from apex_tools.undercloud.base import Probe, Undercloud
+from apex_tools.undercloud.base import Undercloud
 from apex_tools.undercloud.drivers import driver_for
 from apex_tools.undercloud.playbook import PlaybookError
 
@@ -91,12 +90,6 @@ def upload_images(run: RunContext) -> list[Path]:
     return [run.options.work_dir / CUSTOM_IMAGE] + [cache / name for name in UPLOAD_IMAGES]
 
 
-def _templates(run: RunContext, undercloud: Undercloud, probe: Probe) -> tuple[HeatTemplates, str]:
-    if not probe.answers:
-        return heat_templates(run.os_version), f"bundled tripleo-heat-templates facts for {run.os_version}"
-    return undercloud_templates(undercloud, run.os_version, run.options.work_dir, probe.templates)
-
-
 def _check(run: RunContext) -> _Deploy:
     """Render every file in memory, fingerprint the inputs, ask the undercloud what it has."""
     options = run.options
@@ -105,8 +98,8 @@ def _check(run: RunContext) -> _Deploy:
     scale = scale_of(inventory, ds.global_params.ha_enabled)
     undercloud = driver_for(options, run.registry_address)
     answers, probe = preflight.check_undercloud(undercloud, THT_ROOT)
-    tripleo = not answers and probe.tripleo
-    tht, tht_source = _templates(run, undercloud, probe)
+    tripleo = probe.tripleo
+    tht, tht_source = undercloud_templates(undercloud, run.os_version, options.work_dir, probe.templates)
     virtual = options.ceph.virtual
     plan = DeployPlan(ds, ns, scale, tht, virtual, libvirt_type(options.deploy.libvirt_type, virtual),
                       options.deploy.timeout, ceph=ds.deploy_options.ceph)

@@ -157,10 +157,6 @@ class Undercloud(ABC):
         """The login user's home on the undercloud, as a shell word (``~`` unless configured)."""
         return shlex.quote(self.options.undercloud.home) if self.options.undercloud.home else "~"
 
-    def has_tripleo(self) -> bool:
-        """True when the undercloud has TripleO's client (``openstack overcloud deploy``)."""
-        return self.run(TRIPLEO_PROBE, timeout=120.0).ok
-
     def probe(self, templates_dir: str) -> Probe:
         """What deploy asks of the undercloud, in one round trip (one SSH session, one shell):
         does it run a command, has it TripleO's client, has it ``templates_dir``.

@@ -12,6 +12,7 @@ import pytest
 
 from apex_tools.core.config import Layer, resolve
 from apex_tools.core.errors import UndercloudError
+from apex_tools.overcloud.command import THT_ROOT
 from apex_tools.overcloud.stack import stack_home, stack_status
 from apex_tools.undercloud.local import LocalUndercloud
 
@@ -47,7 +48,7 @@ def test_stack_status(tmp_path, monkeypatch, body, expected) -> None:
     rc = tmp_path / "stackrc"
     rc.write_text("")
     undercloud = _undercloud(tmp_path, getpass.getuser())
-    assert undercloud.has_tripleo()
+    assert undercloud.probe(THT_ROOT).tripleo
     assert stack_status(undercloud, str(rc)) == expected
 
 
@@ -61,4 +62,4 @@ def test_an_unanswering_heat_is_an_error_not_no_stack(tmp_path, monkeypatch) -> 
 
 def test_no_openstack_means_no_tripleo(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    assert not _undercloud(tmp_path, getpass.getuser()).has_tripleo()
+    assert not _undercloud(tmp_path, getpass.getuser()).probe(THT_ROOT).tripleo

@@ -90,8 +90,7 @@ def lab(tmp_path, registry, monkeypatch):
         (images / "master" / name).write_bytes(name.encode())
     (home / "stackrc").write_text("export OS_CLOUD=undercloud\n")
     # Until the catalog issue's bundled THT facts land, the release's facts are given here.
-    monkeypatch.setattr(stack_module, "heat_templates", lambda os_version: THT)
-    monkeypatch.setattr(deploy_module, "heat_templates", lambda os_version: THT)
+    monkeypatch.setattr(stack_module, "heat_templates", lambda os_version: THT)  # deploy reads them through it
     data = {
         "work_dir": str(work), "image_dir": str(images), "deploy_settings": "os-nosdn-nofeature-noha",
         "inventory_file": "virtual", "registry": {"address": registry.address},
