@@ -55,11 +55,17 @@ class IntegrityError(BundleError):
         self.item, self.expected, self.actual = item, expected, actual
 
 
-def blob_name(digest: str) -> str:
-    """``blobs/sha256/<hex>`` of a ``sha256:<hex>`` digest (anything else is refused)."""
+def digest_hex(digest: str) -> str:
+    """The ``<hex>`` of a ``sha256:<hex>`` digest, before it becomes part of a path (anything
+    else is refused)."""
     if not _DIGEST.match(digest):
         raise BundleError(f"digest {digest!r} is not sha256:<64 hex>", "the bundle manifest is corrupt")
-    return f"{BLOB_DIR}/{digest[7:]}"
+    return digest[7:]
+
+
+def blob_name(digest: str) -> str:
+    """``blobs/sha256/<hex>`` of a ``sha256:<hex>`` digest (anything else is refused)."""
+    return f"{BLOB_DIR}/{digest_hex(digest)}"
 
 
 def sha256_of(data: bytes) -> str:

@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-from apex_tools.bundle.layout import CHUNK, IntegrityError
+from apex_tools.bundle.layout import CHUNK, IntegrityError, digest_hex
 from apex_tools.core.errors import ApexError, BundleError
 from apex_tools.core.state import atomic_file, atomic_write
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 V2 = Path("docker", "registry", "v2")
 # distribution's repository name grammar: no empty, "." or ".." component can reach a path.
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 PROBE_REPOSITORY = "apex-storage-probe"
 
 
@@ -51,13 +50,14 @@ class RegistryStorage:
         self.v2 = self.root / V2
 
     def blob_path(self, digest: str) -> Path:
-        return self.v2 / "blobs" / "sha256" / _hex(digest)[:2] / _hex(digest) / "data"
+        hexed = digest_hex(digest)
+        return self.v2 / "blobs" / "sha256" / hexed[:2] / hexed / "data"
 
     def link_path(self, repository: str, digest: str) -> Path:
         if not _REPOSITORY.match(repository):
             raise BundleError(f"repository name {repository!r} is not a registry repository name",
                               "the bundle manifest is corrupt or hostile: do not import it")
-        return self.v2 / "repositories" / repository / "_layers" / "sha256" / _hex(digest) / "link"
+        return self.v2 / "repositories" / repository / "_layers" / "sha256" / digest_hex(digest) / "link"
 
     def has_blob(self, digest: str, size: int) -> bool:
         """True when the blob's data is there (a ``data`` file is only ever complete: renamed in)."""
@@ -125,12 +125,6 @@ def _sync(out: IO[bytes]) -> None:
 def _write_error(item: str, path: Path, exc: OSError) -> BundleError:
     return BundleError(f"{item}: cannot write {path}: {exc.strerror or exc}",
                        "free space (or fix the permissions) in the local registry's storage, then import again")
-
-
-def _hex(digest: str) -> str:
-    if not _DIGEST.match(digest):
-        raise BundleError(f"digest {digest!r} is not sha256:<64 hex>", "the bundle manifest is corrupt")
-    return digest[7:]
 
 
 WRITE_BEHIND = 8 * CHUNK
