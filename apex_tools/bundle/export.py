@@ -9,7 +9,6 @@ is upstream's. Each blob is listed once, whichever images share it; a differenti
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from apex_tools.bundle.layout import (
     sha256_of,
 )
 from apex_tools.core.reference import ImageRef
+from apex_tools.core.state import sha256_file
 from apex_tools.registry.client import OCI_INDEX, Manifest, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,8 @@ def look_images(refs: Sequence[ImageRef], client_for: Callable[[str], RegistryCl
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    """``sha256:<hex>`` of a file, as the bundle names it."""
+    return "sha256:" + sha256_file(path)
 
 
 @dataclass

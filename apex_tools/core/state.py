@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -140,6 +140,16 @@ def keyed_digest(work_dir: Path, data: bytes | str, create: bool = True) -> str:
     still says "changed or not" but means nothing without the key."""
     raw = data.encode() if isinstance(data, str) else data
     return "hmac-sha256:" + hmac.new(_digest_key(work_dir, create), raw, hashlib.sha256).hexdigest()
+
+
+def sha256_file(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:
+    """The sha256 of a file, read in chunks; ``advance`` is told how many bytes were read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 << 20):
+            digest.update(chunk)
+            advance(len(chunk))
+    return digest.hexdigest()
 
 
 def file_stamp(path: Path) -> dict[str, int] | None:

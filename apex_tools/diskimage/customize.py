@@ -11,7 +11,6 @@ backend that worked is remembered in the work dir so later runs go straight to i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +27,6 @@ from apex_tools.core.state import atomic_write
 
 LOG = logging.getLogger(__name__)
 
-CHUNK = 4 << 20
 LIBGUESTFS_HINT = (
     "install libguestfs-tools; without working (nested) KVM set "
     "LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg"
@@ -264,16 +261,6 @@ def sparse_copy(source: Path, dest: Path) -> None:
             f"cannot copy {source} to {dest}: {done.stderr.decode(errors='replace').strip()}",
             f"check free space and permissions in {dest.parent}",
         )
-
-
-def sha256_file(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:
-    """The sha256 of a file, read in chunks; ``advance`` is told how many bytes were read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            advance(len(chunk))
-    return digest.hexdigest()
 
 
 class ChecksumCache:

@@ -26,13 +26,12 @@ from apex_tools.diskimage.customize import (
     Customization,
     GuestCommandError,
     customize,
-    sha256_file,
     sparse_copy,
 )
 from apex_tools.core.errors import ImageError
 from apex_tools.core.run import Item, RunContext, Status, TargetResult
 from apex_tools.core.staging import staging_dir
-from apex_tools.core.state import fingerprint, fsync_path, write_if_changed
+from apex_tools.core.state import fingerprint, fsync_path, sha256_file, write_if_changed
 from apex_tools.core.workdir import (
     CEPH_LOOP,
     CUSTOM_IMAGE,
