@@ -35,6 +35,7 @@ from apex_tools.bundle.layout import (
     HashingReader,
     TarReader,
     blob_name,
+    copy_verified,
 )
 from apex_tools.bundle.storage import RegistryStorage
 from apex_tools.core.errors import ApexError, BundleError
@@ -240,10 +241,7 @@ def _write_files(entries: list[dict[str, Any]], stream: Any, dest_of: Callable[[
         dest = dest_of(entry)
         with atomic_file(dest) as out:
             if n == 0:
-                body = HashingReader(stream, entry["size"])
-                while chunk := body.read(1 << 20):
-                    out.write(chunk)
-                body.verify(what, entry["digest"])
+                copy_verified(stream, entry["size"], out, what, entry["digest"])
             else:
                 with first.open("rb") as source:
                     while chunk := source.read(1 << 20):

@@ -30,7 +30,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
-from apex_tools.bundle.layout import CHUNK, IntegrityError, digest_hex
+from apex_tools.bundle.layout import copy_verified, digest_hex
 from apex_tools.core.errors import ApexError, BundleError
 from apex_tools.core.state import atomic_file, atomic_write
 
@@ -75,7 +75,7 @@ class RegistryStorage:
             return False
         try:
             with atomic_file(path, durable=False) as out:
-                copy_verified(stream, size, out, item, digest)
+                copy_verified(stream, size, out, item, digest, write_behind=True)
                 _sync(out)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -125,41 +125,6 @@ def _sync(out: IO[bytes]) -> None:
 def _write_error(item: str, path: Path, exc: OSError) -> BundleError:
     return BundleError(f"{item}: cannot write {path}: {exc.strerror or exc}",
                        "free space (or fix the permissions) in the local registry's storage, then import again")
-
-
-WRITE_BEHIND = 8 * CHUNK
-
-
-def copy_verified(stream: IO[bytes], size: int, out: IO[bytes], item: str, digest: str) -> None:
-    """Copy ``size`` bytes into the file ``out``, hashing them on the way (one pass, one reused
-    buffer); IntegrityError unless they hash to ``digest``."""
-    hashed = hashlib.sha256()
-    buffer = memoryview(bytearray(CHUNK))
-    readinto = getattr(stream, "readinto", None)
-    left = size
-    behind = 0  # bytes already handed to the disk's writeback
-    while left:
-        want = min(CHUNK, left)
-        if readinto is not None:
-            count = readinto(buffer[:want])
-            chunk: Any = buffer[:count] if count else b""
-        else:
-            chunk = stream.read(want)
-            count = len(chunk)
-        if not count:
-            break
-        hashed.update(chunk)
-        out.write(chunk)
-        left -= count
-        if size - left - behind >= WRITE_BEHIND:
-            # Start writing this window back now (DONTNEED starts writeback of dirty pages), so
-            # the sync at the end waits for less: the disk works while we hash the next one.
-            out.flush()
-            os.posix_fadvise(out.fileno(), behind, size - left - behind, os.POSIX_FADV_DONTNEED)
-            behind = size - left
-    actual = "sha256:" + hashed.hexdigest()
-    if left or actual != digest:
-        raise IntegrityError(item, digest, actual, size - left)
 
 
 def local_storage(address: str, work_dir: Path, client: Any) -> tuple[RegistryStorage | None, str]:
