@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import urljoin
 
 import requests
@@ -92,6 +92,54 @@ class Manifest:
     def children(self) -> list[dict[str, Any]]:
         """The manifest descriptors of an index (empty for an image manifest)."""
         return list(self.json().get("manifests", [])) if self.is_index else []
+
+
+class LocalStorage(Protocol):
+    """A registry's own storage, read and written directly (``bundle.storage.RegistryStorage``)."""
+
+    def blob_path(self, digest: str) -> Any: ...
+
+    def mount(self, repository: str, digest: str) -> bool: ...
+
+    def receive(self, repository: str, digest: str, stream: IO[bytes] | bytes, size: int, item: str) -> None: ...
+
+    def linked_size(self, repository: str, digest: str) -> int | None: ...
+
+    def manifest(self, repository: str, reference: str) -> tuple[str, bytes] | None: ...
+
+    def missing_for(self, repository: str, blobs: list[str], children: list[str]) -> list[str]: ...
+
+    def put_manifest(self, repository: str, reference: str, digest: str, raw: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class _RawFile(io.BufferedReader):
+    """A blob file read as urllib3's raw stream is (``decode_content`` is meaningless here)."""
+
+    def read(self, amount: int | None = -1, decode_content: bool | None = None) -> bytes:
+        return super().read(amount)
+
+
+class _StoredBlob:
+    """``open_blob``'s answer from the storage: ``.raw`` and ``.content`` as on a response."""
+
+    def __init__(self, path: Any) -> None:
+        self.raw = _RawFile(io.FileIO(path))
+
+    @property
+    def content(self) -> bytes:
+        return self.raw.read()
+
+    def __enter__(self) -> _StoredBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.close()
+
+
+# The "upload URL" mount_blob answers when the blob will be written into the storage, not sent.
+INTO_STORAGE = "storage:"
 
 
 def sha256_digest(data: bytes) -> str:
@@ -173,6 +221,11 @@ class RegistryClient:
         self._basic = False
         # Why this registry was given up on (None: it answers, as far as we know).
         self.down: str | None = None
+        # The registry's storage when it is ours (push-registry sets it): manifests and blobs are
+        # then read and written there in the registry's own layout, never requested; the
+        # registry serves what is there (it keeps no cache of it), and a manifest is stored only
+        # when every blob and child manifest it names is, as the registry checks.
+        self.storage: LocalStorage | None = None
         if session is None:
             session = requests.Session()
             # The environment is read once here, not on every request (requests' trust_env scans
@@ -358,8 +411,14 @@ class RegistryClient:
     def _scope(repository: str, push: bool = False) -> str:
         return f"repository:{repository}:{'pull,push' if push else 'pull'}"
 
-    def head_manifest(self, repository: str, reference: str) -> tuple[str, str] | None:
-        """(digest, media type) of a manifest, or None when the registry does not have it."""
+    def head_manifest(self, repository: str, reference: str, api: bool = False) -> tuple[str, str] | None:
+        """(digest, media type) of a manifest, or None when the registry does not have it.
+
+        ``api``: ask the registry even when its storage is at hand (what it serves, not what is on disk).
+        """
+        if self.storage is not None and not api:
+            stored = self.storage.manifest(repository, reference)
+            return None if stored is None else (stored[0], self._sniff_media_type(stored[1], "", repository, reference))
         response = self.request(
             "HEAD", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
             scope=self._scope(repository), ok=(200, 404), headers={"Accept": ", ".join(MANIFEST_TYPES)},
@@ -377,6 +436,11 @@ class RegistryClient:
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """The manifest (image manifest or index), verified against a digest reference."""
+        if self.storage is not None:
+            stored = self.storage.manifest(repository, reference)
+            if stored is None:
+                raise self._error("manifest unknown", "push it first", 404, repository, reference)
+            return Manifest(self._sniff_media_type(stored[1], "", repository, reference), *stored)
         response = self.request(
             "GET", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
             scope=self._scope(repository), headers={"Accept": ", ".join(MANIFEST_TYPES)},
@@ -408,6 +472,14 @@ class RegistryClient:
 
     def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
         """Store ``manifest`` under a tag or its digest; returns the digest the registry reports."""
+        if self.storage is not None:
+            missing = self.storage.missing_for(repository, [b["digest"] for b in manifest.blobs()],
+                                               [c["digest"] for c in manifest.children()])
+            if missing:
+                raise self._error(f"manifest names what the repository lacks: {', '.join(missing)}",
+                                  "push its blobs and child manifests first", 400, repository, reference)
+            self.storage.put_manifest(repository, reference, manifest.digest, manifest.raw)
+            return manifest.digest
         response = self.request(
             "PUT", f"/v2/{repository}/manifests/{reference}", repository=repository, reference=reference,
             scope=self._scope(repository, push=True), ok=(200, 201), data=manifest.raw,
@@ -422,6 +494,8 @@ class RegistryClient:
 
     def has_blob(self, repository: str, digest: str) -> int | None:
         """The blob's size when ``repository`` has it, else None."""
+        if self.storage is not None:
+            return self.storage.linked_size(repository, digest)
         response = self.request(
             "HEAD", f"/v2/{repository}/blobs/{digest}", repository=repository, reference=digest,
             scope=self._scope(repository), ok=(200, 404), allow_redirects=True,
@@ -431,8 +505,12 @@ class RegistryClient:
                 return None
             return int(response.headers.get("Content-Length", "0") or 0)
 
-    def open_blob(self, repository: str, digest: str) -> requests.Response:
+    def open_blob(self, repository: str, digest: str) -> requests.Response | _StoredBlob:
         """A streamed GET of a blob; the caller reads ``.raw`` and closes it."""
+        if self.storage is not None:
+            if self.storage.linked_size(repository, digest) is None:
+                raise self._error("blob unknown", "push it first", 404, repository, digest)
+            return _StoredBlob(self.storage.blob_path(digest))
         return self.request(
             "GET", f"/v2/{repository}/blobs/{digest}", repository=repository, reference=digest,
             scope=self._scope(repository), stream=True,
@@ -448,7 +526,10 @@ class RegistryClient:
         return data
 
     def mount_blob(self, repository: str, digest: str, source_repository: str) -> str | None:
-        """Mount ``digest`` from another repository; None when mounted, else an open upload's URL."""
+        """Mount ``digest`` from another repository; None when mounted, else an open upload's URL
+        (``INTO_STORAGE`` with a storage: the blob is in none of its repositories)."""
+        if self.storage is not None:
+            return None if self.storage.mount(repository, digest) else INTO_STORAGE
         response = self.request(
             "POST", f"/v2/{repository}/blobs/uploads/", repository=repository, reference=digest,
             scope=f"{self._scope(repository, push=True)} {self._scope(source_repository)}",
@@ -490,6 +571,8 @@ class RegistryClient:
         on_bytes: Callable[[int], None] | None = None,
     ) -> int:
         """Stream ``body`` (``size`` bytes) as blob ``digest`` (the registry checks the digest); bytes sent."""
+        if self.storage is not None and location in (None, INTO_STORAGE):
+            return self._into_storage(repository, digest, body, size, on_bytes)
         location = location or self.start_upload(repository)
         separator = "&" if "?" in location else "?"
         reader = CountingReader(io.BytesIO(body) if isinstance(body, bytes) else body, size, on_bytes)
@@ -513,6 +596,26 @@ class RegistryClient:
                 f"sent {reader.count} bytes, expected {size} bytes of {digest}",
                 "the source sent a truncated blob; retry", None, repository, digest, retryable=True,
             )
+        return reader.count
+
+    def _into_storage(self, repository: str, digest: str, body: IO[bytes] | bytes, size: int,
+                      on_bytes: Callable[[int], None] | None) -> int:
+        """``upload_blob`` into the storage: hashed on the way, renamed in only when it matches."""
+        from apex_tools.bundle.layout import IntegrityError
+
+        assert self.storage is not None
+        reader = body if isinstance(body, bytes) else CountingReader(body, size, on_bytes)
+        try:
+            self.storage.receive(repository, digest, reader, size, f"blob {repository}@{digest}")
+        except IntegrityError as exc:
+            # As the registry's 400 DIGEST_INVALID on an upload: the source sent other bytes.
+            raise self._error(f"the bytes read hash to {exc.actual}, not {digest}",
+                              "the source sent a corrupt or truncated blob; retry", None, repository, digest,
+                              retryable=True) from None
+        if isinstance(reader, bytes):
+            if on_bytes:
+                on_bytes(len(reader))
+            return len(reader)
         return reader.count
 
     def _paginate(self, path: str, key: str, repository: str = "", page: int = 100) -> list[str]:

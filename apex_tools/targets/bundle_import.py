@@ -110,6 +110,8 @@ def bundle_import(run: RunContext, path: Path | None = None, tar: Path | None = 
     if failed:
         changes.append(f"{len(failed)} failed, nothing of them imported: " + "; ".join(r.detail for r in failed[:3]))
         return TargetResult(TARGET, Status.FAILED, changes, items)
+    if storage is not None:
+        storage.flush()
     _remember(run, fp, bundle_id)
     return TargetResult(TARGET, Status.CHANGED, changes, items)
 

@@ -70,8 +70,11 @@ def _heads(images: list[DeploymentImage], clients: Clients, local_up: bool, jobs
 
     Images of a ``silent`` upstream are not asked (each would wait through every retry).
     ``offline``: upstream is never asked; the local digest stands for it (a bundle's images
-    keep upstream's digests).
+    keep upstream's digests). With no local registry running, nothing is asked: every image
+    is copied, and the copy's GET of each manifest by tag gives its upstream digest.
     """
+    if not (local_up or offline):
+        return [_Head(image) for image in images]
 
     def head(image: DeploymentImage) -> _Head:
         found = _Head(image)
@@ -146,9 +149,13 @@ class _BaseDigests:
     """A rebuild's base digest: the upstream digest of a mirrored image, else a HEAD on the local registry."""
 
     def __init__(self, heads: list[_Head], local: RegistryClient, answering: bool) -> None:
-        self.by_ref = {str(h.image.target): h.upstream for h in heads}
+        self.learn(heads)
         self.local = local
         self.answering = answering
+
+    def learn(self, heads: list[_Head]) -> None:
+        """The upstream digests ``heads`` hold now."""
+        self.by_ref = {str(h.image.target): h.upstream for h in heads}
 
     def __call__(self, ref: ImageRef) -> str | None:
         key = str(ref.with_registry(self.local.host))
@@ -260,6 +267,7 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
                                     options.registry.start and local.host == check.named)
     if started.started:
         changes.append(f"started the local registry on {local.host} (pid {started.pid})")
+    _attach_storage(local, Path(options.work_dir))
     results = _mirror(run, clients, check.heads)
     items = [Item(r.job.target.repository, r.status, r.detail) for r in results]
     failed = [r for r in results if r.status == FAILED]
@@ -272,6 +280,10 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
 
     actions, fp = check.actions, check.fp
     if check.registry_action is not None:
+        # The copies' digests are upstream's (the check asked nothing with no registry running).
+        for head, result in zip(check.heads, results):
+            head.upstream = head.upstream or result.digest
+        bases.learn(check.heads)
         # Only now can the rebuilds be looked up; the fingerprint follows their keys.
         bases.answering = True
         actions = plan_rebuilds(check.rebuilds, local, bases, options.builder, options.builder_fallback)
@@ -322,6 +334,8 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     # What the trust step left in the registry, so a re-run notices a signature deleted or replaced.
     signatures = {} if check.signing == OFF else \
         signature_digests(local, signed_subjects(check.images, results, rebuilds), options.jobs, signed)
+    if local.storage is not None:
+        local.storage.flush()
     run.state.save(TARGET, fp, outputs=outputs, data={
         "registry": check.named,
         "images": {str(h.image.target.with_registry(check.named)): h.upstream for h in check.heads},
@@ -330,6 +344,18 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         "signatures": signatures,
     })
     return TargetResult(TARGET, Status.CHANGED, changes or ["registry content verified"], items)
+
+
+def _attach_storage(local: RegistryClient, work_dir: Path) -> None:
+    """Blobs go straight into the local registry's storage when it is the one this work dir
+    started, on this machine (as bundle import does): the registry's upload path (POST, PUT,
+    hash, move; a mount POST per shared blob) is most of its work in a mirror of many small
+    images. Otherwise every blob goes through its API."""
+    from apex_tools.bundle.storage import local_storage
+
+    storage, how = local_storage(local.host, work_dir, local)
+    log.info("image blobs: %s", how if storage else f"through the registry's API ({how})")
+    local.storage = storage
 
 
 def _mirror(run: RunContext, clients: Clients, heads: list[_Head]) -> list[CopyResult]:
@@ -409,12 +435,12 @@ def _rebuild_records(run: RunContext, actions: list[RebuildAction], done: dict[s
 
 
 def _check_present(refs: dict[str, ImageRef], clients: Clients, jobs: int) -> None:
-    """Every image the parameter file names must be in the local registry (one HEAD each, in
-    parallel); raise naming the missing."""
+    """Every image the parameter file names must be served by the local registry (one HEAD each,
+    in parallel, through its API even when the run wrote into its storage); raise naming the missing."""
     unique = {str(ref): ref for ref in refs.values()}
 
     def absent(ref: ImageRef) -> bool:
-        return clients(ref.registry).head_manifest(ref.repository, ref.reference) is None
+        return clients(ref.registry).head_manifest(ref.repository, ref.reference, api=True) is None
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(unique) or 1))) as pool:
         missing = sorted(name for name, gone in zip(unique, pool.map(absent, unique.values())) if gone)

@@ -79,7 +79,7 @@ class Local(RegistryClient):
 
     work_dir: Path | None = None
 
-    def storage(self) -> RegistryStorage | None:
+    def direct_storage(self) -> RegistryStorage | None:
         if self.work_dir is None:
             return None
         storage, why = local_storage(self.host, self.work_dir, self)
@@ -93,7 +93,7 @@ def do_import(bundle: Path, local: Local, dest: Path, tar: bool = False,
     try:
         plan = plan_import(reader.document, local, lambda f: dest / f["path"], 2)
         return plan, load_bundle(reader, plan, local, lambda f: dest / f["path"], on_bytes,
-                                 storage=local.storage())
+                                 storage=local.direct_storage())
     finally:
         reader.close()
 
@@ -245,7 +245,7 @@ def test_a_flipped_byte_fails_that_item_naming_both_digests_and_imports_nothing_
     assert local.head_manifest("tripleo/glance-api", "current") is None
     assert local.has_blob("tripleo/glance-api", own) is None
     assert local.head_manifest("tripleo/nova-api", "current")[0] == digests["tripleo/nova-api:current"]
-    if (storage := local.storage()) is not None:  # nothing of it in the registry's storage either
+    if (storage := local.direct_storage()) is not None:  # nothing of it in the registry's storage either
         assert not storage.blob_path(own).parent.exists()
         assert not storage.link_path("tripleo/glance-api", own).exists()
         assert_no_torn_blob(storage)
@@ -300,7 +300,7 @@ def test_a_killed_export_and_import_resume_by_digest(two, tmp_path: Path) -> Non
 
     # 14 of the 20 blobs: the 7 manifests (only read) may come first, so at least 7 uploads are in.
     killed("import", 14, local, bundle)
-    if (storage := local.storage()) is not None:
+    if (storage := local.direct_storage()) is not None:
         # Killed mid-blob: temporary files may be left beside a blob, never a torn ``data``.
         for path in blob_files(storage):
             if path.is_file() and path.name == "data":
@@ -409,7 +409,7 @@ def test_a_blob_written_behind_the_running_registrys_back_is_found(tmp_path: Pat
     digest = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
     with our_registry(tmp_path / "work") as local:
         assert local.has_blob("tripleo/late", digest) is None  # the registry has answered 404 for it
-        storage = local.storage()
+        storage = local.direct_storage()
         assert storage is not None
         assert storage.write_blob(digest, len(data), __import__("io").BytesIO(data), "late blob")
         storage.link("tripleo/late", digest, "late blob")
