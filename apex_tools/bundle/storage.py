@@ -51,6 +51,7 @@ V2 = Path("docker", "registry", "v2")
 # distribution's repository name grammar: no empty, "." or ".." component can reach a path.
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 PROBE_REPOSITORY = "apex-storage-probe"
+_LINKED = re.compile(r"^sha256:[0-9a-f]{64}$")
 # distribution's tag grammar.
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -184,7 +185,8 @@ class RegistryStorage:
         ``repository``, as the registry would serve it; None when it would answer 404."""
         digest = reference if reference.startswith("sha256:") else _read_link(
             f"{self._tag(repository, reference)}/current/link")
-        if digest is None or _read_link(self._revision(repository, digest)) != digest:
+        # A tag link a crash left empty (or anything not a digest) names nothing.
+        if digest is None or not _LINKED.match(digest) or _read_link(self._revision(repository, digest)) != digest:
             return None
         try:
             with open(self._blob(digest), "rb") as handle:

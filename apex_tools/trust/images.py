@@ -89,18 +89,25 @@ def trust_images(
     parameters: Mapping[str, Any],
     gerrit_url: str,
     jobs: int = 4,
+    signed_before: Mapping[str, Signed] | None = None,
 ) -> TrustOutcome:
     """Sign (with ``key``; None: signing is off), attach statements, write provenance.json.
 
     ``reach`` gives the client that reaches an image's registry and the reference to use there
-    (the registry may be reached through a forward under another address).
+    (the registry may be reached through a forward under another address). ``signed_before``:
+    images this run signed already, by name (``str(ImageRef)``), counted as if signed here.
     """
+    signed_before = signed_before or {}
     outcome = TrustOutcome()
     by_ref = {str(i.local): i for i in images}  # one image may fill several parameters
 
     def one(facts: ImageFacts) -> tuple[Signed | None, bool]:
         client, there = reach(facts.local)
-        signed = sign_image(client, facts.local, facts.digest, key) if key else None
+        before = signed_before.get(str(facts.local))
+        if before is not None and before.digest == facts.digest:
+            signed: Signed | None = before
+        else:
+            signed = sign_image(client, facts.local, facts.digest, key) if key else None
         attached = False
         if facts.rebuild is not None:
             rebuild = facts.rebuild
