@@ -21,8 +21,8 @@ registry syncs its own; links are written the same way, unsynced, after what the
 or empty link reads as absent; ``flush`` syncs everything before a run records it). A manifest
 is stored only when every blob and child manifest it names is linked in its repository: the
 check the registry makes. Bundle import PUTs its manifests through the API; push-registry
-(``RegistryClient.storage``) writes them too, and asks the registry through its API, at the end,
-for every image the parameter file names. The rendered config has no ``storage.cache`` (no blob
+(``RegistryClient.storage``) writes them too, reads its checks there, and asks the registry
+through its API, at the end, for one image of the parameter file. The rendered config has no ``storage.cache`` (no blob
 descriptor cache that could miss our writes; a config with one is not written into).
 
 Anything else (a registry not ours, not on this machine, or whose storage this process does

@@ -7,6 +7,7 @@ answering; the fingerprint holds the upstream digests, so a moved upstream tag i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -276,8 +277,17 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
         _attach_storage(local, Path(options.work_dir))
     rebuilt_names = {r.image for r in check.rebuilds}
     early = EarlySigner(run, local, check.named, {str(h.image.target) for h in check.heads
-                                                  if h.image.name in rebuilt_names}) \
+                                                  if h.image.name in rebuilt_names}, check.signing is not None) \
         if options.signing.enabled else None
+    with early or contextlib.nullcontext():
+        return _copy_and_trust(run, clients, check, bases, outputs, changes, early)
+
+
+def _copy_and_trust(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests, outputs: list[Path],
+                    changes: list[str], early: EarlySigner | None) -> TargetResult:
+    """Mirror, rebuild, sign, check, write the files, record the state (``_apply``'s body)."""
+    options = run.options
+    local = clients(clients.local)
     results = _mirror(run, clients, check.heads, early)
     items = [Item(r.job.target.repository, r.status, r.detail) for r in results]
     failed = [r for r in results if r.status == FAILED]
@@ -326,8 +336,8 @@ def _apply(run: RunContext, clients: Clients, check: _Check, bases: _BaseDigests
     refs = parameter_refs(check.images, rebuilt)
     rebuilds = _rebuild_records(run, actions, done, check.named)
     with ThreadPoolExecutor(max_workers=1) as side:
-        # The registry's API is asked for every image the files will name while the trust step
-        # signs; a missing one raises before any of the files is written.
+        # Every image the files will name is looked for while the trust step signs; a missing
+        # one raises before any of the files is written.
         present = side.submit(_check_present, refs, clients, options.jobs)
         trusted, signed = trust_step(run, local, check.named, [(h.image, h.upstream) for h in check.heads],
                                      results, rebuilds, early)
@@ -457,12 +467,14 @@ def _rebuild_records(run: RunContext, actions: list[RebuildAction], done: dict[s
 
 
 def _check_present(refs: dict[str, ImageRef], clients: Clients, jobs: int) -> None:
-    """Every image the parameter file names must be served by the local registry (one HEAD each,
-    in parallel, through its API even when the run wrote into its storage); raise naming the missing."""
+    """Every image the parameter file names must be in the local registry (one HEAD each, in
+    parallel); raise naming the missing. Read from its storage when the run wrote there, and then
+    one image asked through its API too: the registry answers, and serves what was written."""
     unique = {str(ref): ref for ref in refs.values()}
+    first = min(unique, default="")
 
     def absent(ref: ImageRef) -> bool:
-        return clients(ref.registry).head_manifest(ref.repository, ref.reference, api=True) is None
+        return clients(ref.registry).head_manifest(ref.repository, ref.reference, api=str(ref) == first) is None
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs * 2, len(unique) or 1))) as pool:
         missing = sorted(name for name, gone in zip(unique, pool.map(absent, unique.values())) if gone)
