@@ -55,10 +55,15 @@ class IntegrityError(BundleError):
         self.item, self.expected, self.actual = item, expected, actual
 
 
+def is_digest(text: str) -> bool:
+    """True when ``text`` is a ``sha256:<64 hex>`` digest."""
+    return _DIGEST.match(text) is not None
+
+
 def digest_hex(digest: str) -> str:
     """The ``<hex>`` of a ``sha256:<hex>`` digest, before it becomes part of a path (anything
     else is refused)."""
-    if not _DIGEST.match(digest):
+    if not is_digest(digest):
         raise BundleError(f"digest {digest!r} is not sha256:<64 hex>", "the bundle manifest is corrupt")
     return digest[7:]
 

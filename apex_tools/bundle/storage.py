@@ -41,7 +41,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from apex_tools.bundle.layout import IntegrityError, copy_verified, digest_hex
+from apex_tools.bundle.layout import IntegrityError, copy_verified, digest_hex, is_digest
 from apex_tools.core.errors import ApexError, BundleError
 from apex_tools.core.state import atomic_file, atomic_write
 
@@ -51,7 +51,6 @@ V2 = Path("docker", "registry", "v2")
 # distribution's repository name grammar: no empty, "." or ".." component can reach a path.
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 PROBE_REPOSITORY = "apex-storage-probe"
-_LINKED = re.compile(r"^sha256:[0-9a-f]{64}$")
 # distribution's tag grammar.
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -186,7 +185,7 @@ class RegistryStorage:
         digest = reference if reference.startswith("sha256:") else _read_link(
             f"{self._tag(repository, reference)}/current/link")
         # A tag link a crash left empty (or anything not a digest) names nothing.
-        if digest is None or not _LINKED.match(digest) or _read_link(self._revision(repository, digest)) != digest:
+        if digest is None or not is_digest(digest) or _read_link(self._revision(repository, digest)) != digest:
             return None
         try:
             with open(self._blob(digest), "rb") as handle:
