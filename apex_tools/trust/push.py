@@ -12,7 +12,7 @@ import signal
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apex_tools.core.config import Options
 from apex_tools.core.errors import ApexError
@@ -25,6 +25,9 @@ from apex_tools.registry.mirror import FAILED, CopyResult
 from apex_tools.trust.keys import SigningKey, ensure_key, key_id_of
 from apex_tools.trust.policy import write_policy
 from apex_tools.trust.sigstore import Signed, attachment_tag, sign_image
+
+if TYPE_CHECKING:
+    from apex_tools.trust.images import TrustOutcome
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +212,18 @@ def trust_step(
     its digest, builder, patches). ``local`` reaches the registry the files call ``named``.
     ``early``: what the mirror already signed, with the key it used.
     """
-    # trust.images here, not at the top: a run with nothing to do never signs (nor pays for the import).
     options = run.options
     work = options.work_dir
+    key, generated = None, False
+    if options.signing.enabled:
+        key, generated = (early.key, early.generated) if early else ensure_key(work, options.signing.key)
     with ThreadPoolExecutor(max_workers=1) as side:
         # The policy files (each written and synced) while the images are signed.
         policy = side.submit(write_policy, work, named) if options.signing.enabled else None
-        outcome = _trust_images(run, local, named, images, results, rebuilds, early)
+        outcome = _trust_images(run, local, named, images, results, rebuilds, key, early)
         written = policy.result() if policy is not None else []
     changes: list[str] = []
-    if outcome.generated:
+    if generated:
         changes.append("generated the signing key (signing/signing.key, mode 0600; signing.pub beside it)")
     if written:
         changes.append(f"wrote {', '.join(written)} (signatures required on {named})")
@@ -227,15 +232,14 @@ def trust_step(
 
 def _trust_images(run: RunContext, local: RegistryClient, named: str,
                   images: Sequence[tuple[DeploymentImage, str | None]], results: Sequence[CopyResult],
-                  rebuilds: Mapping[str, Mapping[str, Any]], early: EarlySigner | None) -> Any:
-    """``trust_step``'s signing, statements and provenance: its ``TrustOutcome`` (with ``generated``)."""
+                  rebuilds: Mapping[str, Mapping[str, Any]], key: SigningKey | None,
+                  early: EarlySigner | None) -> TrustOutcome:
+    """``trust_step``'s signing (with ``key``; None: off), statements and provenance."""
+    # Here, not at the top: a run with nothing to do never signs (nor pays for the import).
     from apex_tools.trust.images import ImageFacts, trust_images
 
     options = run.options
     work = options.work_dir
-    key, generated = None, False
-    if options.signing.enabled:
-        key, generated = (early.key, early.generated) if early else ensure_key(work, options.signing.key)
     copied = {str(r.job.target): r.digest for r in results}
     record = run.state.load(PATCH_CONTAINERS)
     planned = (record.data.get("rebuild") if record is not None else None) or {}
@@ -255,10 +259,8 @@ def _trust_images(run: RunContext, local: RegistryClient, named: str,
         return local, ref.with_registry(local.host)
 
     parameters = {"deploy_settings": options.deploy_settings, "os_version": run.os_version}
-    outcome = trust_images(work, reach, facts, key, parameters, options.gerrit.url, options.jobs,
-                           early.signed if early else None)
-    outcome.generated = generated
-    return outcome
+    return trust_images(work, reach, facts, key, parameters, options.gerrit.url, options.jobs,
+                        early.signed if early else None)
 
 
 def signed_subjects(images: Sequence[DeploymentImage], results: Sequence[CopyResult],
