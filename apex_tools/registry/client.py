@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 from urllib.parse import urljoin
 
 import requests
@@ -26,9 +26,6 @@ from requests.adapters import HTTPAdapter
 from apex_tools.core.errors import RegistryError
 from apex_tools.http.retry import MAX_WAIT, retry_after, why
 from apex_tools.registry.auth import Challenge, Credentials, TokenCache, fetch_token, refuse_credentials
-
-if TYPE_CHECKING:
-    from apex_tools.bundle.storage import RegistryStorage
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +92,26 @@ class Manifest:
     def children(self) -> list[dict[str, Any]]:
         """The manifest descriptors of an index (empty for an image manifest)."""
         return list(self.json().get("manifests", [])) if self.is_index else []
+
+
+class LocalStorage(Protocol):
+    """A registry's own storage, read and written directly (``bundle.storage.RegistryStorage``)."""
+
+    def blob_path(self, digest: str) -> Any: ...
+
+    def mount(self, repository: str, digest: str) -> bool: ...
+
+    def receive(self, repository: str, digest: str, stream: IO[bytes] | bytes, size: int, item: str) -> None: ...
+
+    def linked_size(self, repository: str, digest: str) -> int | None: ...
+
+    def manifest(self, repository: str, reference: str) -> tuple[str, bytes] | None: ...
+
+    def missing_for(self, repository: str, blobs: list[str], children: list[str]) -> list[str]: ...
+
+    def put_manifest(self, repository: str, reference: str, digest: str, raw: bytes) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class _RawFile(io.BufferedReader):
@@ -208,7 +225,7 @@ class RegistryClient:
         # then read and written there in the registry's own layout, never requested; the
         # registry serves what is there (it keeps no cache of it), and a manifest is stored only
         # when every blob and child manifest it names is, as the registry checks.
-        self.storage: RegistryStorage | None = None
+        self.storage: LocalStorage | None = None
         if session is None:
             session = requests.Session()
             # The environment is read once here, not on every request (requests' trust_env scans
